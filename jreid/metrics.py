@@ -1,0 +1,143 @@
+"""CMC, AP (trapezoid and plain) and mINP under the Market-1501 protocol.
+
+The kernel ``good_item_ranks`` turns a block of scores into the 0-based rank of
+every good item after junk removal, without sorting the gallery: the good items
+of a query (a handful) are sorted, and each gallery item finds by binary search
+how many good items rank before it; a histogram of the negatives over those
+positions gives every good item's rank. O(Q G log K) work, O(Q G) memory.
+
+Order: descending score, ties broken by ascending gallery index (what a stable
+``argsort(-score)`` gives). Protocol (``ST_REID_REFERENCE.md`` section 4):
+good = same id and different camera; junk = same id and same camera, or gallery
+id -1; junk is removed before counting; id 0 stays as a negative.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_NO_INDEX = np.iinfo(np.int32).max
+
+
+def good_item_ranks(scores: jax.Array, good_index: jax.Array, junk_index: jax.Array,
+                    global_junk: jax.Array) -> jax.Array:
+  """0-based ranks, after junk removal, of each query's good items.
+
+  Args:
+    scores: float32 [Q, G], larger is better.
+    good_index: int32 [Q, K] gallery indices of the good items; padding is any
+      value outside [0, G).
+    junk_index: int32 [Q, J] per-query junk (same id, same camera); padding as above.
+    global_junk: bool [G] junk for every query (gallery id -1).
+  Returns:
+    int32 [Q, K]: rank of the i-th best good item in column i (ascending), and
+    ``INT32_MAX`` in the padding columns.
+  """
+  Q, G = scores.shape
+  K = good_index.shape[1]
+  rows = jnp.arange(Q)[:, None]
+  good_valid = (good_index >= 0) & (good_index < G)
+  safe_good = jnp.where(good_valid, good_index, 0)
+  good_scores = jnp.where(good_valid, jnp.take_along_axis(scores, safe_good, axis=1), -jnp.inf)
+  good_order_index = jnp.where(good_valid, good_index, _NO_INDEX).astype(jnp.int32)
+  # Sort the good items by (score desc, index asc); padding goes last.
+  neg_sorted, sorted_index = jax.lax.sort((-good_scores, good_order_index), num_keys=2)
+  sorted_scores = -neg_sorted
+
+  # For every gallery item j: how many good items precede it (binary search).
+  gallery_index = jnp.arange(G, dtype=jnp.int32)[None, :]
+  lo = jnp.zeros((Q, G), jnp.int32)
+  hi = jnp.full((Q, G), K, jnp.int32)
+  for _ in range(max(1, int(np.ceil(np.log2(K + 1))))):
+    mid = (lo + hi) // 2
+    safe_mid = jnp.minimum(mid, K - 1)
+    s_mid = jnp.take_along_axis(sorted_scores, safe_mid, axis=1)
+    i_mid = jnp.take_along_axis(sorted_index, safe_mid, axis=1)
+    good_first = (s_mid > scores) | ((s_mid == scores) & (i_mid < gallery_index))
+    good_first &= mid < hi
+    lo = jnp.where(good_first, mid + 1, lo)
+    hi = jnp.where(good_first, hi, mid)
+  goods_before = lo
+
+  # Negatives: neither junk nor good.
+  excluded = jnp.zeros((Q, G), jnp.bool_) | global_junk[None, :]
+  # Padding is sent out of bounds (negative indices would wrap around) and dropped.
+  out_of_bounds = lambda index: jnp.where((index >= 0) & (index < G), index, G)
+  excluded = excluded.at[rows, out_of_bounds(good_index)].set(True, mode="drop")
+  excluded = excluded.at[rows, out_of_bounds(junk_index)].set(True, mode="drop")
+  # negatives_before[i] = #{negative j : goods_before_j <= i}.
+  hist = jnp.zeros((Q, K + 1), jnp.int32).at[rows, goods_before].add(
+      (~excluded).astype(jnp.int32))
+  negatives_before = jnp.cumsum(hist, axis=1)[:, :K]
+  valid_sorted = jnp.arange(K)[None, :] < good_valid.sum(axis=1, keepdims=True)
+  return jnp.where(valid_sorted, jnp.arange(K, dtype=jnp.int32)[None, :] + negatives_before,
+                   _NO_INDEX)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalMetrics:
+  """Averages over the queries with at least one good item; fractions in [0, 1].
+
+  Attributes:
+    cmc: float64 [max_rank] CMC curve, cmc[k-1] = CMC@k.
+    mAP: mean official (trapezoid) AP. mAP_plain: mean non-interpolated AP.
+    mINP: mean inverse negative penalty (n_good / (rank of the last good + 1)).
+    num_queries: all queries; num_valid_queries: those averaged.
+  """
+  cmc: np.ndarray
+  mAP: float
+  mAP_plain: float
+  mINP: float
+  num_queries: int
+  num_valid_queries: int
+
+  def summary(self) -> dict:
+    at = lambda k: float(self.cmc[min(k, len(self.cmc)) - 1]) if len(self.cmc) else 0.0
+    return dict(rank1=at(1), rank5=at(5), rank10=at(10), mAP=self.mAP,
+                mAP_plain=self.mAP_plain, mINP=self.mINP, num_queries=self.num_queries,
+                num_valid_queries=self.num_valid_queries)
+
+
+def average_precision(ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Official trapezoid AP and plain AP from sorted good-item ranks.
+
+  Args:
+    ranks: int [Q, K] 0-based ranks after junk removal, ascending per row, padded
+      with values >= 2**31 - 1.
+  Returns:
+    (trapezoid AP, plain AP), float64 [Q]; 0 for a query with no good item.
+  """
+  ranks = np.asarray(ranks, np.int64)
+  valid = ranks < _NO_INDEX
+  n_good = valid.sum(axis=1)
+  i = np.arange(ranks.shape[1], dtype=np.float64)[None, :]
+  r = np.where(valid, ranks, 0).astype(np.float64)
+  precision = (i + 1.0) / (r + 1.0)
+  previous = np.where(r != 0, i / np.where(r != 0, r, 1.0), 1.0)
+  d_recall = 1.0 / np.maximum(n_good, 1)[:, None]
+  trapezoid = np.where(valid, d_recall * (previous + precision) / 2.0, 0.0).sum(axis=1)
+  plain = np.where(valid, precision * d_recall, 0.0).sum(axis=1)
+  return trapezoid, plain
+
+
+def retrieval_metrics(ranks: np.ndarray, max_rank: int) -> RetrievalMetrics:
+  """CMC curve, mAP (both kinds) and mINP from per-query good-item ranks [Q, K]."""
+  ranks = np.asarray(ranks, np.int64)
+  valid = ranks < _NO_INDEX
+  n_good = valid.sum(axis=1)
+  has_good = n_good > 0
+  ap, ap_plain = average_precision(ranks)
+  first = ranks[:, 0] if ranks.shape[1] else np.zeros(len(ranks), np.int64)
+  cmc_rows = first[has_good, None] <= np.arange(max_rank)[None, :]
+  last = np.where(valid, ranks, -1).max(axis=1) if ranks.shape[1] else first
+  inp = n_good / np.maximum(last + 1.0, 1.0)
+  n_valid = int(has_good.sum())
+  mean = lambda x: float(x[has_good].mean()) if n_valid else 0.0
+  return RetrievalMetrics(
+      cmc=cmc_rows.mean(axis=0) if n_valid else np.zeros(max_rank),
+      mAP=mean(ap), mAP_plain=mean(ap_plain), mINP=mean(inp),
+      num_queries=len(ranks), num_valid_queries=n_valid)

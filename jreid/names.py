@@ -1,0 +1,198 @@
+"""File-name grammars of ReID datasets -> identity, camera, sequence, frame, time.
+
+Three grammars (``ST_REID_REFERENCE.md`` section 1):
+
+* Market-1501 ``PPPP_cXsY_FFFFFF_NN.jpg`` (``0002_c1s1_000451_03.jpg``, ids
+  ``-1`` junk and ``0000`` distractor included). ``FFFFFF`` is local to the
+  recording sequence ``sY`` of camera ``cX``; the global time is
+  ``offset[camera][sequence] + frame`` with the reference offsets.
+* Renamed Market-1501 ``PPPP_cX_fGGGGGGG_NN.jpg``: the reference's own renaming,
+  frame already global. The sequence and local frame are recovered from the
+  offsets (the sequence ``s`` with ``offset[s] < time <= offset[s + 1]``).
+* DukeMTMC-reID ``PPPP_cX_fFFFFFFFF.jpg``: frame already global, one sequence.
+
+Times are frame indices, as in the reference. Cameras and sequences are 1-based,
+as in the names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+
+# Maximum frame index of each (camera, sequence) of Market-1501, as the reference uses.
+MARKET_SEQUENCE_MAX_FRAMES: dict[int, tuple[int, ...]] = {
+    1: (72681, 74546, 74881, 74661, 74891, 54346),
+    2: (163691, 164677, 98102),
+    3: (161708, 161769, 104469),
+    4: (72107, 72373, 74810, 74541, 74910, 50616),
+    5: (161095, 161724, 103487),
+    6: (87551, 131268, 95817, 30952),
+}
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+_MARKET = re.compile(r"^(-?\d+)_c(\d+)s(\d+)_(\d+)_(\d+)$")
+_MARKET_RENAMED = re.compile(r"^(-?\d+)_c(\d+)_f(\d+)_(\d+)$")
+_DUKE = re.compile(r"^(-?\d+)_c(\d+)_f(\d+)$")
+
+GRAMMARS = ("market", "market_renamed", "duke")
+
+
+class BadNameError(ValueError):
+  """A file name that fits none of the grammars."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedName:
+  """What a file name says about its image.
+
+  Attributes:
+    person_id: identity; -1 junk, 0 distractor (Market gallery).
+    camera: 1-based camera index.
+    sequence: 1-based recording sequence of that camera (1 for Duke).
+    frame: frame index local to the sequence.
+    time: global frame index (offset of the sequence + local frame).
+    grammar: one of ``GRAMMARS``.
+  """
+  person_id: int
+  camera: int
+  sequence: int
+  frame: int
+  time: int
+  grammar: str
+
+
+def sequence_offsets(max_frames: dict[int, Sequence[int]] = MARKET_SEQUENCE_MAX_FRAMES
+                     ) -> dict[int, tuple[int, ...]]:
+  """Offsets of sequences 1..N of each camera: cumulative sums of earlier maxima."""
+  return {cam: tuple(int(x) for x in np.concatenate([[0], np.cumsum(m)[:-1]]))
+          for cam, m in max_frames.items()}
+
+
+MARKET_SEQUENCE_OFFSETS = sequence_offsets()
+
+
+def _stem(name: str) -> str:
+  base = os.path.basename(name)
+  stem, ext = os.path.splitext(base)
+  if ext.lower() not in IMAGE_EXTENSIONS:
+    raise BadNameError(
+        f"{name!r}: expected an image file name ending in one of {IMAGE_EXTENSIONS}")
+  return stem
+
+
+def _camera_offsets(camera: int, name: str) -> tuple[int, ...]:
+  if camera not in MARKET_SEQUENCE_OFFSETS:
+    raise BadNameError(f"{name!r}: camera c{camera} is not one of the Market-1501 cameras "
+                       f"{sorted(MARKET_SEQUENCE_OFFSETS)}")
+  return MARKET_SEQUENCE_OFFSETS[camera]
+
+
+def market_global_time(camera: int, sequence: int, frame: int, name: str = "") -> int:
+  """offset[camera][sequence] + frame, with the reference's offsets."""
+  offsets = _camera_offsets(camera, name)
+  if not 1 <= sequence <= len(offsets):
+    raise BadNameError(f"{name!r}: sequence s{sequence} of camera c{camera} is outside the "
+                       f"reference's s1..s{len(offsets)}")
+  return offsets[sequence - 1] + frame
+
+
+def split_global_time(camera: int, time: int, name: str = "") -> tuple[int, int]:
+  """Inverse of ``market_global_time``: (sequence, local frame) of a global time.
+
+  The sequence s is the one with offset[s] < time <= offset[s + 1] (local frames
+  start at 1); time 0 belongs to s1.
+  """
+  offsets = _camera_offsets(camera, name)
+  seq = max(1, int(np.searchsorted(np.asarray(offsets), time, side="left")))
+  return seq, time - offsets[seq - 1]
+
+
+def parse_name(name: str, grammar: str | None = None) -> ParsedName:
+  """Parses one image file name (a path is fine: only its base name is read).
+
+  Args:
+    name: file name or path.
+    grammar: one of ``GRAMMARS`` to insist on, or None to accept any.
+
+  Raises:
+    BadNameError: naming the file, when it fits no (or not the requested) grammar.
+  """
+  stem = _stem(name)
+  if grammar is not None and grammar not in GRAMMARS:
+    raise ValueError(f"grammar must be one of {GRAMMARS}, got {grammar!r}")
+  m = _MARKET.match(stem)
+  if m and grammar in (None, "market"):
+    pid, cam, seq, frame, _ = (int(g) for g in m.groups())
+    time = market_global_time(cam, seq, frame, name=name)
+    return ParsedName(pid, cam, seq, frame, time, "market")
+  m = _MARKET_RENAMED.match(stem)
+  if m and grammar in (None, "market_renamed"):
+    pid, cam, time, _ = (int(g) for g in m.groups())
+    seq, frame = split_global_time(cam, time, name=name)
+    return ParsedName(pid, cam, seq, frame, time, "market_renamed")
+  m = _DUKE.match(stem)
+  if m and grammar in (None, "duke"):
+    pid, cam, time = (int(g) for g in m.groups())
+    return ParsedName(pid, cam, 1, time, time, "duke")
+  expected = {
+      None: "Market-1501 'PPPP_cXsY_FFFFFF_NN.jpg', renamed Market "
+            "'PPPP_cX_fGGGGGGG_NN.jpg' or DukeMTMC-reID 'PPPP_cX_fFFFFFFFF.jpg'",
+      "market": "Market-1501 'PPPP_cXsY_FFFFFF_NN.jpg'",
+      "market_renamed": "renamed Market 'PPPP_cX_fGGGGGGG_NN.jpg'",
+      "duke": "DukeMTMC-reID 'PPPP_cX_fFFFFFFFF.jpg'",
+  }[grammar]
+  raise BadNameError(f"{name!r} does not fit the file-name grammar: expected {expected}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NameTable:
+  """Parsed names as arrays, one row per image (all int64 but ``names``)."""
+  names: tuple[str, ...]
+  person_id: np.ndarray
+  camera: np.ndarray
+  sequence: np.ndarray
+  frame: np.ndarray
+  time: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.names)
+
+
+def parse_names(names: Iterable[str], grammar: str | None = None) -> NameTable:
+  """Parses many names into arrays; the first bad name raises ``BadNameError``."""
+  names = tuple(names)
+  parsed = [parse_name(n, grammar) for n in names]
+  col = lambda f: np.asarray([getattr(p, f) for p in parsed], dtype=np.int64)
+  return NameTable(names, col("person_id"), col("camera"), col("sequence"),
+                   col("frame"), col("time"))
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderListing:
+  """Image names of a folder, plus what was skipped (never silently)."""
+  table: NameTable
+  skipped: tuple[str, ...]
+
+
+def list_image_folder(folder: str, grammar: str | None = None) -> FolderListing:
+  """Parses the names of every image in ``folder`` (not recursive), sorted.
+
+  Files that are not images (``Thumbs.db`` in the official zip, say) are skipped and
+  reported in ``skipped``; an image whose name fits no grammar raises, naming it.
+  """
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"{folder!r}: expected a folder of training images")
+  entries = sorted(os.listdir(folder))
+  images = [e for e in entries if os.path.splitext(e)[1].lower() in IMAGE_EXTENSIONS]
+  skipped = tuple(e for e in entries if e not in set(images))
+  if not images:
+    raise ValueError(f"{folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                     f"expected e.g. Market-1501's bounding_box_train "
+                     f"({len(skipped)} other entries)")
+  return FolderListing(parse_names(images, grammar), skipped)

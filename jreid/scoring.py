@@ -1,0 +1,92 @@
+"""Jitted score kernels over query x gallery blocks: visual, ST and joint.
+
+Shapes: Q queries, G gallery images, D feature dims, C cameras, H bins.
+Cameras are 0-based int32, times are global frame indices (int32), scores float32.
+See ``ST_REID_REFERENCE.md`` section 3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionParams:
+  """Logistic smoothing f(x; lambda, gamma) = 1 / (1 + lambda exp(-gamma x)) of both streams."""
+  visual_lambda: float = 1.0
+  visual_gamma: float = 5.0
+  st_lambda: float = 2.0
+  st_gamma: float = 5.0
+
+
+def l2_normalise_features(features: np.ndarray, num_parts: int = 1,
+                          chunk: int = 65536) -> np.ndarray:
+  """Per-part then whole-vector L2 normalisation, as the reference (float32, in chunks).
+
+  With P parts each part of the [N, D] features (D = P * d) is L2-normalised, then
+  the whole vector (so s = mean over parts of the part cosines). Zero vectors stay
+  zero. Works in place on float32 input to keep peak memory at one copy.
+  """
+  x = np.asarray(features)
+  if x.dtype != np.float32:
+    x = x.astype(np.float32)
+  if x.ndim != 2 or x.shape[1] % num_parts:
+    raise ValueError(f"features must be [N, D] with D divisible by num_parts={num_parts}, "
+                     f"got shape {x.shape}")
+  for start in range(0, x.shape[0], chunk):
+    block = x[start:start + chunk].reshape(-1, num_parts, x.shape[1] // num_parts)
+    block /= np.maximum(np.linalg.norm(block, axis=-1, keepdims=True), 1e-12)
+    flat = block.reshape(block.shape[0], -1)
+    flat /= np.maximum(np.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
+  return x
+
+
+def cosine_scores(query_features: jax.Array, gallery_features: jax.Array) -> jax.Array:
+  """[Q, D] x [G, D] -> [Q, G] dot products of (already normalised) features."""
+  return jnp.dot(query_features, gallery_features.T,
+                 precision=jax.lax.Precision.HIGHEST,
+                 preferred_element_type=jnp.float32)
+
+
+def st_probabilities(table: jax.Array, bin_width: int,
+                     query_cameras: jax.Array, query_times: jax.Array,
+                     gallery_cameras: jax.Array, gallery_times: jax.Array) -> jax.Array:
+  """ST probability of every (query, gallery) pair.
+
+  If qt > gt: P[qc, gc, (qt - gt) // w], else P[gc, qc, (gt - qt) // w] (equal
+  times take the second branch). Differences beyond the last bin, and cameras
+  outside the table, give 0.
+
+  Args:
+    table: float32 [C, C, H].
+    bin_width: frames per bin (static int).
+    query_cameras, query_times: int32 [Q]; gallery_cameras, gallery_times: int32 [G].
+  Returns:
+    float32 [Q, G].
+  """
+  C, _, H = table.shape
+  qc, qt = query_cameras[:, None], query_times[:, None]
+  gc, gt = gallery_cameras[None, :], gallery_times[None, :]
+  query_later = qt > gt
+  later = jnp.where(query_later, qc, gc)
+  earlier = jnp.where(query_later, gc, qc)
+  bins = jnp.abs(qt - gt) // bin_width
+  valid = (bins < H) & (later >= 0) & (later < C) & (earlier >= 0) & (earlier < C)
+  flat = (later * C + earlier) * H + jnp.minimum(bins, H - 1)
+  flat = jnp.where(valid, flat, 0)
+  return jnp.where(valid, table.reshape(-1)[flat], 0.0)
+
+
+def logistic(x: jax.Array, lam: float, gamma: float) -> jax.Array:
+  """f(x; lambda, gamma) = 1 / (1 + lambda * exp(-gamma * x))."""
+  return 1.0 / (1.0 + lam * jnp.exp(-gamma * x))
+
+
+def joint_scores(visual: jax.Array, st_prob: jax.Array, fusion: FusionParams) -> jax.Array:
+  """f(s; lambda_v, gamma_v) * f(p; lambda_st, gamma_st); larger is more similar."""
+  return (logistic(visual, fusion.visual_lambda, fusion.visual_gamma)
+          * logistic(st_prob, fusion.st_lambda, fusion.st_gamma))

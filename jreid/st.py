@@ -1,0 +1,201 @@
+"""The spatial-temporal model: per camera pair, the distribution of transit times.
+
+Fitted from the training set exactly as ST-ReID does (``ST_REID_REFERENCE.md``
+section 2), vectorised over identities, camera pairs and bins, in float64 numpy
+(the fit is a one-off over a few thousand numbers; float64 keeps it bit-for-bit
+with the reference). Lookups over query x gallery matrices live in
+``jreid.scoring`` as jitted kernels.
+
+Conventions: cameras are 0-based here; times are global frame indices; the table
+``P[a, b, k]`` is the probability that a person seen in camera ``a`` *after* being
+seen in camera ``b`` took between ``k * bin_width`` and ``(k + 1) * bin_width``
+frames to get there. The diagonal (same camera) is zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+import scipy.ndimage
+
+
+@dataclasses.dataclass(frozen=True)
+class STParams:
+  """Constants of the ST model; defaults are the reference's Market-1501 values.
+
+  Attributes:
+    bin_width: frames per histogram bin (a positive integer).
+    num_bins: number of bins H (reference: 5000 Market, 3000 Duke).
+    sigma: standard deviation of the Gaussian smoothing, in bins.
+    truncate: the kernel covers integer offsets |d| <= truncate * sigma.
+    eps: the reference's epsilon in the mean and both normalisations.
+  """
+  bin_width: int = 100
+  num_bins: int = 5000
+  sigma: float = 50.0
+  truncate: float = 3.0
+  eps: float = 1e-7
+
+  def __post_init__(self):
+    if int(self.bin_width) != self.bin_width or self.bin_width <= 0:
+      raise ValueError(f"bin_width must be a positive whole number of frames, "
+                       f"got {self.bin_width!r}")
+    if int(self.num_bins) != self.num_bins or self.num_bins <= 0:
+      raise ValueError(f"num_bins must be a positive integer, got {self.num_bins!r}")
+    if self.sigma < 0:
+      raise ValueError(f"sigma must be >= 0 bins, got {self.sigma!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class STModel:
+  """A fitted ST model.
+
+  Attributes:
+    table: float64 [C, C, H] smoothed probabilities P[later camera, earlier camera, bin].
+    params: the constants it was fitted with.
+    num_identities: identities in the training set.
+    num_pair_counts: (identity, camera pair) counts that went into the histograms.
+    num_out_of_range: counts whose time difference fell beyond the last bin (left out
+      of the histograms and reported here, as the reference would have crashed).
+  """
+  table: np.ndarray
+  params: STParams
+  num_identities: int = 0
+  num_pair_counts: int = 0
+  num_out_of_range: int = 0
+
+  @property
+  def num_cameras(self) -> int:
+    return self.table.shape[0]
+
+  def save(self, path: str) -> None:
+    """Writes ``path`` (.npz) with the table and its metadata as JSON."""
+    meta = dict(params=dataclasses.asdict(self.params), num_identities=self.num_identities,
+                num_pair_counts=self.num_pair_counts,
+                num_out_of_range=self.num_out_of_range)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, table=self.table, meta=np.asarray(json.dumps(meta)))
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path: str) -> "STModel":
+    with np.load(path) as f:
+      if "table" not in f or "meta" not in f:
+        raise ValueError(f"{path!r}: expected an ST model written by STModel.save "
+                         f"(keys 'table' and 'meta'), found {sorted(f.keys())}")
+      table = f["table"]
+      meta = json.loads(str(f["meta"]))
+    return cls(table=table, params=STParams(**meta.pop("params")), **meta)
+
+
+def mean_time_per_identity_camera(labels: np.ndarray, cameras: np.ndarray,
+                                  times: np.ndarray, num_cameras: int, eps: float
+                                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Per (identity, camera): the reference's mean time sum(t) / (n + eps), and n.
+
+  Args:
+    labels: int [N] identity index in [0, num_identities).
+    cameras: int [N] 0-based camera.
+    times: [N] global frame.
+  Returns:
+    mean float64 [I, C] (0 where n = 0) and count int64 [I, C].
+  """
+  num_ids = int(labels.max()) + 1 if labels.size else 0
+  flat = labels.astype(np.int64) * num_cameras + cameras.astype(np.int64)
+  size = num_ids * num_cameras
+  sums = np.bincount(flat, weights=times.astype(np.float64), minlength=size)
+  counts = np.bincount(flat, minlength=size)
+  mean = sums / (counts + eps)
+  return mean.reshape(num_ids, num_cameras), counts.reshape(num_ids, num_cameras)
+
+
+def transit_histograms(person_ids: np.ndarray, cameras: np.ndarray, times: np.ndarray,
+                       num_cameras: int, params: STParams = STParams()
+                       ) -> tuple[np.ndarray, int, int]:
+  """Unnormalised counts hist[later, earlier, bin]: one per (identity, camera pair).
+
+  For each identity and each camera pair j < k where it was seen in both, with mean
+  times m_j, m_k: d = m_j - m_k; d > 0 counts in hist[j, k, int(d / w)], otherwise
+  (equal times included) in hist[k, j, int(-d / w)].
+
+  Args:
+    person_ids: int [N] identities (any integers).
+    cameras: int [N] 0-based cameras in [0, num_cameras).
+    times: [N] global frames.
+  Returns:
+    (hist float64 [C, C, H], number of counts used, number beyond the last bin).
+  """
+  person_ids, cameras, times = (np.asarray(a).reshape(-1) for a in (person_ids, cameras, times))
+  if not len(person_ids) == len(cameras) == len(times):
+    raise ValueError(f"ids, cameras and times must have one entry per image, got "
+                     f"{len(person_ids)}, {len(cameras)}, {len(times)}")
+  if cameras.size and (cameras.min() < 0 or cameras.max() >= num_cameras):
+    raise ValueError(f"cameras must be 0-based in [0, {num_cameras}), got "
+                     f"[{cameras.min()}, {cameras.max()}]")
+  H, C = params.num_bins, num_cameras
+  hist = np.zeros((C, C, H), np.float64)
+  if person_ids.size == 0:
+    return hist, 0, 0
+  _, labels = np.unique(person_ids, return_inverse=True)
+  mean, count = mean_time_per_identity_camera(labels, cameras, times, C, params.eps)
+  j, k = np.triu_indices(C, 1)                      # all unordered pairs j < k
+  seen_both = (count[:, j] > 0) & (count[:, k] > 0)  # [I, pairs]
+  d = mean[:, j] - mean[:, k]
+  later = np.where(d > 0, j, k)[seen_both]
+  earlier = np.where(d > 0, k, j)[seen_both]
+  # int(d / w) of the reference, on the non-negative difference in either branch.
+  bins = (np.abs(d) / float(params.bin_width))[seen_both].astype(np.int64)
+  in_range = bins < H
+  np.add.at(hist, (later[in_range], earlier[in_range], bins[in_range]), 1.0)
+  return hist, int(in_range.sum()), int((~in_range).sum())
+
+
+def gaussian_taps(sigma: float, truncate: float = 3.0) -> np.ndarray:
+  """G(d) = exp(-d^2 / (2 sigma^2)) / (sigma sqrt(2 pi)) for d = -D..D, D = floor(truncate sigma).
+
+  Not renormalised, as in the reference. float64 [2D + 1].
+  """
+  if sigma == 0:
+    return np.ones(1)
+  half = int(math.floor(truncate * sigma))
+  d = np.arange(-half, half + 1, dtype=np.float64)
+  return 1.0 / (sigma * math.sqrt(2 * math.pi)) * np.exp(-(d ** 2) / (2 * sigma ** 2))
+
+
+def normalise_bins(hist: np.ndarray, eps: float) -> np.ndarray:
+  """hist / (sum over bins + eps), per camera pair."""
+  return hist / (hist.sum(axis=-1, keepdims=True) + eps)
+
+
+def smooth_bins(hist: np.ndarray, sigma: float, truncate: float = 3.0) -> np.ndarray:
+  """Gaussian smoothing along the last axis with zero padding ('same' convolution)."""
+  taps = gaussian_taps(sigma, truncate)
+  return scipy.ndimage.convolve1d(hist, taps, axis=-1, mode="constant", cval=0.0)
+
+
+def fit(person_ids: np.ndarray, cameras: np.ndarray, times: np.ndarray,
+        num_cameras: int | None = None, params: STParams = STParams()) -> STModel:
+  """Fits the ST model from the training set.
+
+  Args:
+    person_ids: int [N] identity of each training image.
+    cameras: int [N] 0-based camera of each image.
+    times: [N] global frame of each image.
+    num_cameras: C (default: max camera + 1).
+    params: constants (reference defaults).
+  Returns:
+    The fitted ``STModel`` with ``table`` float64 [C, C, H].
+  """
+  cameras = np.asarray(cameras)
+  if num_cameras is None:
+    num_cameras = int(cameras.max()) + 1 if cameras.size else 1
+  hist, used, out = transit_histograms(person_ids, cameras, times, num_cameras, params)
+  prob = normalise_bins(hist, params.eps)
+  prob = normalise_bins(smooth_bins(prob, params.sigma, params.truncate), params.eps)
+  return STModel(table=prob, params=params,
+                 num_identities=len(np.unique(np.asarray(person_ids))),
+                 num_pair_counts=used, num_out_of_range=out)

@@ -1,0 +1,30 @@
+"""jreid: train, extract, fuse with the spatial-temporal prior, evaluate.
+
+  python main.py --workdir=DIR --config=experiments/NAME.py [--config.field=value ...]
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, features, results, plots.")
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (default: when "
+                  "the environment looks like a multi-host job).")
+flags.mark_flags_as_required(["workdir", "config"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from jreid import distributed  # pylint: disable=g-import-not-at-top
+  distributed.maybe_initialize(FLAGS.distributed)
+  from jreid import pipeline  # pylint: disable=g-import-not-at-top
+  logging.info("config:\n%s", FLAGS.config)
+  pipeline.run(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

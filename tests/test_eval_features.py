@@ -1,0 +1,134 @@
+"""The evaluate-from-features job, end to end (CLI) and its input errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.io
+
+import numpy_reference
+from experiments import eval_features
+from jreid import names
+from jreid import pipeline
+from jreid import scoring
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _market_name(pid, cam, time, box=1):
+  seq, frame = names.split_global_time(cam, time)
+  return f"{pid:04d}_c{cam}s{seq}_{frame:06d}_{box:02d}.jpg" if pid >= 0 else \
+      f"-1_c{cam}s{seq}_{frame:06d}_{box:02d}.jpg"
+
+
+def make_case(tmp_path, seed=0, n_ids=30, dims=12):
+  """Ids walk cameras 1 -> 2 -> 3 with ~2000-frame transits; appearance is noisy."""
+  rng = np.random.default_rng(seed)
+  train_dir = tmp_path / "bounding_box_train"
+  train_dir.mkdir()
+  def visits(pid, start):
+    return [(cam, int(start + (cam - 1) * 2000 + rng.integers(-300, 300))) for cam in (1, 2, 3)]
+  for pid in range(1, n_ids + 1):
+    for cam, t in visits(pid, rng.integers(1000, 400_000)):
+      (train_dir / _market_name(pid, cam, t)).write_bytes(b"")
+  (train_dir / "Thumbs.db").write_bytes(b"")
+  centres = rng.normal(size=(n_ids + 1, dims))
+  q, g = {k: [] for k in "fict"}, {k: [] for k in "fict"}
+  for pid in range(1, n_ids + 1):
+    vs = visits(pid, rng.integers(1000, 400_000))
+    for j, (cam, t) in enumerate(vs):
+      side = q if j == 0 else g
+      side["f"].append(centres[pid] + 1.5 * rng.normal(size=dims))
+      side["i"].append(pid), side["c"].append(cam), side["t"].append(t)
+  for pid, cam in ((0, 1), (0, 2), (-1, 3)):  # a distractor and junk
+    g["f"].append(rng.normal(size=dims)), g["i"].append(pid), g["c"].append(cam)
+    g["t"].append(5000)
+  arrays = {}
+  for side, d in (("query", q), ("gallery", g)):
+    arrays.update({f"{side}_f": np.asarray(d["f"], np.float32),
+                   f"{side}_label": np.asarray(d["i"]), f"{side}_cam": np.asarray(d["c"]),
+                   f"{side}_frames": np.asarray(d["t"])})
+  return train_dir, arrays
+
+
+def _config(features, train_dir, **overrides):
+  config = eval_features.get_config()
+  config.features, config.train_dir = str(features), str(train_dir)
+  config.update(overrides)
+  return config
+
+
+def test_cli_end_to_end_matches_reference(tmp_path):
+  train_dir, arrays = make_case(tmp_path)
+  # A .mat as the reference writes it: labels, cameras and frames as 1 x N.
+  mat = {k: (v[None, :] if v.ndim == 1 else v) for k, v in arrays.items()}
+  features = tmp_path / "pytorch_result.mat"
+  scipy.io.savemat(str(features), mat)
+  workdir = tmp_path / "work"
+  proc = subprocess.run(
+      [sys.executable, "main.py", f"--workdir={workdir}", "--config=experiments/eval_features.py",
+       f"--config.features={features}", f"--config.train_dir={train_dir}",
+       "--config.st.num_bins=300"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "rank-1" in proc.stdout and "st" in proc.stdout
+  results = json.loads((workdir / "results.json").read_text())
+  for f in ("results.json", "cmc.json", "cmc.png", "st_model.npz", "st_distributions.png"):
+    assert (workdir / f).stat().st_size > 0, f
+
+  listing = names.list_image_folder(str(train_dir))
+  table = numpy_reference.fit_st(listing.table.person_id, listing.table.camera - 1,
+                                 listing.table.time, 3, num_bins=300)
+  qf = numpy_reference.normalise(arrays["query_f"])
+  gf = numpy_reference.normalise(arrays["gallery_f"])
+  args = [arrays[f"{s}_{k}"] for s in ("query", "gallery") for k in ("label", "cam", "frames")]
+  q_args, g_args = args[:3], args[3:]
+  for kind, tab in (("visual", None), ("st", table)):
+    ref = numpy_reference.evaluate(qf, *q_args, gf, *g_args, table=tab)
+    for key in ("rank1", "rank5", "rank10", "mAP"):
+      assert 0 <= results[kind][key] <= 1
+      assert results[kind][key] == pytest.approx(ref[key], abs=1e-6), (kind, key)
+  # The world moves people 1 -> 2 -> 3 in ~2000 frames: the prior must help.
+  assert results["st"]["mAP"] > results["visual"]["mAP"] + 0.1
+
+
+def test_npz_and_reuse_of_st_model(tmp_path):
+  train_dir, arrays = make_case(tmp_path, seed=1)
+  features = tmp_path / "f.npz"
+  np.savez(features, **arrays)
+  workdir = str(tmp_path / "w")
+  first = pipeline.run(_config(features, train_dir), workdir)
+  mtime = os.path.getmtime(os.path.join(workdir, "st_model.npz"))
+  second = pipeline.run(_config(features, train_dir), workdir)
+  assert first == second
+  assert os.path.getmtime(os.path.join(workdir, "st_model.npz")) == mtime
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda a: a.pop("gallery_cam"), r"lacks the keys \['gallery_cam'\]"),
+    (lambda a: a.__setitem__("query_label", a["query_label"][:-1]), "query_label has 29 entries"),
+    (lambda a: a["gallery_f"].__setitem__((3, 2), np.nan), "non-finite values"),
+    (lambda a: a.__setitem__("query_cam", a["query_cam"] - 1), "1-based"),
+])
+def test_bad_features_files(tmp_path, mutate, message):
+  train_dir, arrays = make_case(tmp_path)
+  mutate(arrays)
+  features = tmp_path / "bad.npz"
+  np.savez(features, **arrays)
+  with pytest.raises(ValueError, match=message) as e:
+    pipeline.run(_config(features, train_dir), str(tmp_path / "w"))
+  assert "bad.npz" in str(e.value)
+
+
+def test_empty_train_folder_and_missing_file(tmp_path):
+  _, arrays = make_case(tmp_path)
+  features = tmp_path / "f.npz"
+  np.savez(features, **arrays)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(ValueError, match="holds no images"):
+    pipeline.run(_config(features, empty), str(tmp_path / "w"))
+  with pytest.raises(FileNotFoundError, match="nope.npz"):
+    pipeline.run(_config(tmp_path / "nope.npz", empty), str(tmp_path / "w"))

@@ -1,0 +1,99 @@
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import numpy_reference
+from jreid import evaluate
+from jreid import metrics
+from jreid import scoring
+
+
+def _ranks(scores, qids, qcams, gids, gcams):
+  good, junk = evaluate.match_lists(np.asarray(qids), np.asarray(qcams), np.asarray(gids),
+                                    np.asarray(gcams))
+  out = metrics.good_item_ranks(jnp.asarray(scores, jnp.float32), jnp.asarray(good),
+                                jnp.asarray(junk), jnp.asarray(np.asarray(gids) == -1))
+  return np.asarray(out)
+
+
+def test_hand_ranked_query_with_junk_and_distractor():
+  # Gallery:   0      1      2      3      4      5
+  gids = [5, 0, 5, -1, 7, 5]
+  gcams = [2, 3, 1, 2, 2, 3]
+  scores = [[0.9, 0.95, 0.99, 0.97, 0.5, 0.1]]
+  # Order 2 (junk: same id+cam), 3 (junk: -1), 1 (distractor, a negative), 0 (good),
+  # 4, 5 (good). After junk removal: [1, 0, 4, 5] -> good ranks 1 and 3.
+  r = _ranks(scores, [5], [1], gids, gcams)
+  assert r[0, :2].tolist() == [1, 3]
+  m = metrics.retrieval_metrics(r, max_rank=6)
+  assert m.cmc.tolist() == [0, 1, 1, 1, 1, 1]
+  # trapezoid: 1/2 * (0 + 1/2)/2 + 1/2 * (1/3 + 2/4)/2
+  assert m.mAP == pytest.approx(0.5 * 0.25 + 0.5 * (1 / 3 + 0.5) / 2, abs=1e-15)
+  assert m.mAP_plain == pytest.approx(0.5 * (1 / 2 + 2 / 4), abs=1e-15)
+  assert m.mINP == pytest.approx(2 / 4)
+
+
+def test_good_at_rank_zero_uses_precision_one():
+  r = _ranks([[0.9, 0.1, 0.5]], [1], [1], [1, 1, 2], [2, 3, 1])
+  assert r[0, :2].tolist() == [0, 2]
+  m = metrics.retrieval_metrics(r, max_rank=3)
+  assert m.mAP == pytest.approx(0.5 * (1 + 1) / 2 + 0.5 * (1 / 2 + 2 / 3) / 2, abs=1e-15)
+  assert m.cmc[0] == 1
+
+
+def test_ties_break_by_gallery_index():
+  # Items 0 (negative) and 1 (good) tie: the lower index ranks first.
+  r = _ranks([[0.5, 0.5, 0.2]], [3], [1], [4, 3, 3], [2, 2, 2])
+  assert r[0, :2].tolist() == [1, 2]
+  # Good first in index order ranks first.
+  r = _ranks([[0.5, 0.5]], [3], [1], [3, 4], [2, 2])
+  assert r[0, 0] == 0
+
+
+def test_queries_without_good_items_are_not_averaged():
+  # Query 0 has a good item at rank 0; query 1's only same-id item is same-camera junk.
+  r = _ranks([[0.9, 0.1], [0.9, 0.1]], [1, 2], [1, 1], [1, 2], [2, 1])
+  m = metrics.retrieval_metrics(r, max_rank=2)
+  assert (m.num_queries, m.num_valid_queries) == (2, 1)
+  assert m.mAP == 1.0 and m.cmc[0] == 1.0
+
+
+def test_matches_reference_loop_on_random_data_with_st():
+  rng = np.random.default_rng(1)
+  Q, G, D = 120, 900, 16
+  qids, qcams, qt = rng.integers(1, 40, Q), rng.integers(1, 7, Q), rng.integers(0, 90_000, Q)
+  gids, gcams, gt = rng.integers(-1, 40, G), rng.integers(1, 7, G), rng.integers(0, 90_000, G)
+  qf = scoring.l2_normalise_features(rng.normal(size=(Q, D)).astype(np.float32))
+  gf = scoring.l2_normalise_features(rng.normal(size=(G, D)).astype(np.float32))
+  gf[5] = gf[6] = gf[7]  # exact ties
+  table = numpy_reference.fit_st(rng.integers(0, 40, 800), rng.integers(0, 6, 800),
+                                 rng.integers(0, 90_000, 800), 6, num_bins=1000)
+  found = evaluate.evaluate(evaluate.ImageSet(qf, qids, qcams, qt),
+                            evaluate.ImageSet(gf, gids, gcams, gt), table, query_chunk=48,
+                            max_rank=50)
+  for kind, tab in (("visual", None), ("st", table)):
+    ref = numpy_reference.evaluate(qf, qids, qcams, qt, gf, gids, gcams, gt, tab, max_rank=50)
+    got = found[kind]
+    # float32 scores against the reference's float64 joint: near-ties (1 ulp) may
+    # flip, which moves AP by far less than 1e-6; a misranked item moves it by ~1e-3.
+    np.testing.assert_allclose(got.cmc, ref["cmc"], atol=1e-12)
+    assert got.mAP == pytest.approx(ref["mAP"], abs=1e-6)
+    assert got.mAP_plain == pytest.approx(ref["mAP_plain"], abs=1e-6)
+
+
+def test_chunk_size_does_not_change_results():
+  rng = np.random.default_rng(2)
+  Q, G = 37, 200
+  q = evaluate.ImageSet(scoring.l2_normalise_features(rng.normal(size=(Q, 8)).astype(np.float32)),
+                        rng.integers(0, 10, Q), rng.integers(1, 4, Q), rng.integers(0, 1000, Q))
+  g = evaluate.ImageSet(scoring.l2_normalise_features(rng.normal(size=(G, 8)).astype(np.float32)),
+                        rng.integers(-1, 10, G), rng.integers(1, 4, G), rng.integers(0, 1000, G))
+  a = evaluate.evaluate(q, g, None, query_chunk=5)["visual"]
+  b = evaluate.evaluate(q, g, None, query_chunk=64)["visual"]
+  assert a.mAP == b.mAP and np.array_equal(a.cmc, b.cmc)
+
+
+def test_auto_query_chunk_bounds_memory():
+  assert evaluate.auto_query_chunk(3368, 500_000, 1 << 24) == 32
+  assert evaluate.auto_query_chunk(10, 100, 1 << 24) == 10
+  assert evaluate.auto_query_chunk(3368, 1 << 25, 1 << 24) == 1

@@ -1,0 +1,146 @@
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import numpy_reference
+from jreid import scoring
+from jreid import st
+
+EPS = 1e-7
+
+
+def test_histogram_hand_computed_with_eps_equal_times_and_single_camera_ids():
+  # id 1: camera 0 at t=5, camera 1 at t=30 and 40 -> means 5/(1+eps), 70/(2+eps).
+  #   d = m0 - m1 = -29.9999987... -> hist[1][0][int(2.99999987)] = hist[1][0][2]
+  #   (the eps moves it out of bin 3).
+  # id 2: cameras 0 and 2 at the same time -> d = 0 -> hist[2][0][0] (else-branch).
+  # id 3: seen in one camera only -> no count.
+  ids = np.array([1, 1, 1, 2, 2, 3])
+  cams = np.array([0, 1, 1, 0, 2, 1])
+  times = np.array([5, 30, 40, 100, 100, 7])
+  params = st.STParams(bin_width=10, num_bins=10, sigma=0.0)
+  hist, used, out = st.transit_histograms(ids, cams, times, 3, params)
+  expected = np.zeros((3, 3, 10))
+  expected[1, 0, 2] = 1
+  expected[2, 0, 0] = 1
+  np.testing.assert_array_equal(hist, expected)
+  assert (used, out) == (2, 0)
+  model = st.fit(ids, cams, times, 3, params)
+  once = 1 / (1 + EPS)
+  assert model.table[1, 0, 2] == once / (once + EPS)
+  assert model.table[2, 0, 0] == once / (once + EPS)
+  assert np.count_nonzero(model.table) == 2
+  assert model.num_identities == 3
+
+
+def test_one_count_per_identity_and_pair_not_per_image_pair():
+  ids = np.array([4] * 6)
+  cams = np.array([0, 0, 0, 1, 1, 2])
+  times = np.array([100, 200, 300, 1000, 1100, 5000])
+  hist, used, _ = st.transit_histograms(ids, cams, times, 3, st.STParams(num_bins=100))
+  assert hist.sum() == 3 == used
+  m0, m1, m2 = 600 / (3 + EPS), 2100 / (2 + EPS), 5000 / (1 + EPS)
+  assert hist[1, 0, int((m1 - m0) / 100)] == 1
+  assert hist[2, 0, int((m2 - m0) / 100)] == 1
+  assert hist[2, 1, int((m2 - m1) / 100)] == 1
+  assert np.all(np.diagonal(hist, axis1=0, axis2=1) == 0)
+
+
+def test_smoothing_hand_computed_sigma_1_with_zero_padding():
+  # One count at bin 1 of 10, sigma 1, taps |d| <= 3: mass at bin -1 and -2 is lost
+  # (zero padding) and the result is renormalised.
+  ids, cams, times = np.array([1, 1]), np.array([0, 1]), np.array([0, 15])
+  params = st.STParams(bin_width=10, num_bins=10, sigma=1.0)
+  model = st.fit(ids, cams, times, 2, params)
+  g = lambda d: math.exp(-d * d / 2) / math.sqrt(2 * math.pi)
+  h = 1 / (1 + EPS)
+  smoothed = np.array([h * g(i - 1) if abs(i - 1) <= 3 else 0.0 for i in range(10)])
+  expected = smoothed / (smoothed.sum() + EPS)
+  np.testing.assert_allclose(model.table[1, 0], expected, rtol=1e-12, atol=0)
+  assert model.table[1, 0, 5] == 0.0  # beyond 3 sigma
+  assert not model.table[0, 1].any()
+
+
+def test_gaussian_taps_count_and_values():
+  taps = st.gaussian_taps(50.0)
+  assert taps.shape == (301,)
+  assert taps[150] == 1 / (50 * math.sqrt(2 * math.pi))
+  np.testing.assert_allclose(taps[0], math.exp(-150 ** 2 / 5000) / (50 * math.sqrt(2 * math.pi)))
+  assert taps.sum() < 1  # not renormalised
+
+
+def test_out_of_range_differences_are_counted_not_crashing():
+  ids, cams, times = np.array([1, 1, 2, 2]), np.array([0, 1, 0, 1]), np.array([0, 10_000, 0, 50])
+  model = st.fit(ids, cams, times, 2, st.STParams(bin_width=100, num_bins=10, sigma=1.0))
+  assert model.num_out_of_range == 1 and model.num_pair_counts == 1
+  assert model.table[1, 0].sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_fit_matches_loop_reference_on_random_data():
+  rng = np.random.default_rng(3)
+  ids = rng.integers(0, 50, 1500)
+  cams = rng.integers(0, 6, 1500)
+  times = rng.integers(0, 150_000, 1500)
+  model = st.fit(ids, cams, times, 6, st.STParams(num_bins=1600))
+  expected = numpy_reference.fit_st(ids, cams, times, 6, num_bins=1600)
+  np.testing.assert_allclose(model.table, expected, rtol=1e-9, atol=1e-15)
+
+
+def test_save_load_round_trip(tmp_path):
+  model = st.fit(np.array([1, 1]), np.array([0, 1]), np.array([0, 250]), 2,
+                 st.STParams(bin_width=100, num_bins=20, sigma=2.0))
+  path = str(tmp_path / "st.npz")
+  model.save(path)
+  loaded = st.STModel.load(path)
+  np.testing.assert_array_equal(loaded.table, model.table)
+  assert loaded.params == model.params
+  assert loaded.num_pair_counts == 1
+
+
+def test_params_validation():
+  with pytest.raises(ValueError, match="bin_width"):
+    st.STParams(bin_width=0)
+  with pytest.raises(ValueError, match="cameras must be 0-based"):
+    st.fit(np.array([1]), np.array([3]), np.array([0]), 2)
+
+
+def test_st_lookup_branches():
+  C, H = 3, 4
+  table = np.arange(C * C * H, dtype=np.float32).reshape(C, C, H) + 1
+  for c in range(C):
+    table[c, c] = 0
+  qc = jnp.array([0, 0, 1, 2], jnp.int32)
+  qt = jnp.array([250, 100, 500, 0], jnp.int32)
+  gc = jnp.array([1, 1, 1], jnp.int32)
+  gt = jnp.array([100, 250, 10_000], jnp.int32)
+  p = np.asarray(scoring.st_probabilities(jnp.asarray(table), 100, qc, qt, gc, gt))
+  # query later than gallery: P[qc][gc][(qt-gt)//100]
+  assert p[0, 0] == table[0, 1, 1]
+  # gallery later: P[gc][qc][(gt-qt)//100]
+  assert p[0, 1] == table[1, 0, 0]
+  # equal times take the second branch
+  assert p[1, 0] == table[1, 0, 0]
+  # same camera -> diagonal -> 0
+  assert p[2, 0] == 0 and p[2, 1] == 0
+  # differences beyond the last bin -> 0, not an index error
+  assert p[0, 2] == 0 and p[3, 2] == 0
+  assert p[3, 0] == table[1, 2, 1]
+
+
+def test_joint_score_formula():
+  s = jnp.array([[0.3, -0.2]])
+  p = jnp.array([[0.01, 0.0]])
+  j = np.asarray(scoring.joint_scores(s, p, scoring.FusionParams()))
+  expected = [1 / (1 + math.exp(-5 * 0.3)) / (1 + 2 * math.exp(-5 * 0.01)),
+              1 / (1 + math.exp(1.0)) / 3]
+  np.testing.assert_allclose(j[0], expected, rtol=1e-6)
+
+
+def test_part_normalisation():
+  f = np.array([[3.0, 4.0, 0.0, 2.0]], np.float32)
+  n = scoring.l2_normalise_features(f.copy(), num_parts=2)
+  np.testing.assert_allclose(n, [[0.6 / 2 ** 0.5, 0.8 / 2 ** 0.5, 0.0, 1 / 2 ** 0.5]], rtol=1e-6)
+  with pytest.raises(ValueError, match="num_parts=3"):
+    scoring.l2_normalise_features(f, num_parts=3)
