@@ -105,3 +105,75 @@ def evaluate(qf, ql, qc, qt, gf, gl, gc, gt, table=None, bin_width=100, max_rank
   cmc = (firsts[:, None] < np.arange(1, max_rank + 1)[None, :]).mean(axis=0)
   return dict(rank1=cmc[0], rank5=cmc[4], rank10=cmc[9], mAP=float(np.mean(aps)),
               mAP_plain=float(np.mean(plains)), cmc=cmc)
+
+
+def dense_rerank(original_dist, query_num, k1=20, k2=6, lambda_value=0.3):
+  """The published re-ranking code path, dense: [N, N] distances -> final [Q, G]."""
+  all_num = original_dist.shape[0]
+  original_dist = np.transpose(original_dist / np.max(original_dist, axis=0))
+  V = np.zeros_like(original_dist).astype(np.float32)
+  initial_rank = np.argsort(original_dist, axis=1, kind="stable").astype(np.int32)
+  half = int(np.around(k1 / 2))
+  for i in range(all_num):
+    forward = initial_rank[i, :k1 + 1]
+    backward = initial_rank[forward, :k1 + 1]
+    k_reciprocal = forward[np.where(backward == i)[0]]
+    expansion = k_reciprocal
+    for candidate in k_reciprocal:
+      c_forward = initial_rank[candidate, :half + 1]
+      c_backward = initial_rank[c_forward, :half + 1]
+      c_reciprocal = c_forward[np.where(c_backward == candidate)[0]]
+      if len(np.intersect1d(c_reciprocal, k_reciprocal)) > 2 / 3 * len(c_reciprocal):
+        expansion = np.append(expansion, c_reciprocal)
+    expansion = np.unique(expansion)
+    weight = np.exp(-original_dist[i, expansion])
+    V[i, expansion] = weight / np.sum(weight)
+  original_dist = original_dist[:query_num]
+  if k2 != 1:
+    V = np.stack([np.mean(V[initial_rank[i, :k2], :], axis=0) for i in range(all_num)])
+  inv_index = [np.where(V[:, i] != 0)[0] for i in range(all_num)]
+  jaccard = np.zeros_like(original_dist, dtype=np.float32)
+  for i in range(query_num):
+    temp_min = np.zeros(all_num, dtype=np.float32)
+    non_zero = np.where(V[i, :] != 0)[0]
+    for k in non_zero:
+      temp_min[inv_index[k]] += np.minimum(V[i, k], V[inv_index[k], k])
+    jaccard[i] = 1 - temp_min / (2 - temp_min)
+  final = jaccard * (1 - lambda_value) + original_dist * lambda_value
+  return final[:query_num, query_num:]
+
+
+def main(argv=None):
+  """Whole evaluate-from-features process: python numpy_reference.py FEATURES TRAIN_DIR."""
+  import argparse
+  import json
+  import os
+  import resource
+  import sys
+  import time
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from jreid import names  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser()
+  parser.add_argument("features")
+  parser.add_argument("train_dir")
+  parser.add_argument("--num_bins", type=int, default=5000)
+  args = parser.parse_args(argv)
+  start = time.time()
+  f = np.load(args.features)
+  train = names.parse_names(n for n in sorted(os.listdir(args.train_dir)) if n.endswith(".jpg"))
+  num_cameras = int(max(train.camera.max(), f["query_cam"].max(), f["gallery_cam"].max()))
+  table = fit_st(train.person_id, train.camera - 1, train.time, num_cameras,
+                 num_bins=args.num_bins)
+  qf, gf = normalise(f["query_f"]), normalise(f["gallery_f"])
+  q = [f[f"query_{k}"].reshape(-1) for k in ("label", "cam", "frames")]
+  g = [f[f"gallery_{k}"].reshape(-1) for k in ("label", "cam", "frames")]
+  results = {}
+  for kind, tab in (("visual", None), ("st", table)):
+    r = evaluate(qf, *q, gf, *g, table=tab)
+    results[kind] = {k: float(r[k]) for k in ("rank1", "rank5", "rank10", "mAP")}
+  print(json.dumps(dict(results=results, seconds=time.time() - start,
+                        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+
+
+if __name__ == "__main__":
+  main()

@@ -28,6 +28,12 @@ def st_and_eval_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   config.eval.query_chunk = 0             # queries per chunk; 0: from chunk_elements
-  config.eval.chunk_elements = 1 << 24    # bound on chunk x gallery (memory)
+  config.eval.chunk_elements = 1 << 22    # bound on chunk x gallery (memory)
   config.eval.max_rank = 100              # length of the stored CMC curves
+
+  # k-reciprocal re-ranking (Zhong et al. 2017) of the visual and the joint scores.
+  config.rerank = True
+  config.rerank_k1 = 20
+  config.rerank_k2 = 6
+  config.rerank_lambda = 0.3
   return config

@@ -94,7 +94,7 @@ def _pad_rows(x: np.ndarray, rows: int, value) -> np.ndarray:
 
 def evaluate(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | None = None,
              bin_width: int = 100, fusion: scoring.FusionParams = scoring.FusionParams(),
-             query_chunk: int = 0, chunk_elements: int = 1 << 24, max_rank: int = 100,
+             query_chunk: int = 0, chunk_elements: int = 1 << 22, max_rank: int = 100,
              log_every_s: float = 10.0) -> dict[str, metrics.RetrievalMetrics]:
   """Visual and (with an ST table) joint-score metrics over the whole gallery.
 

@@ -48,15 +48,17 @@ def good_item_ranks(scores: jax.Array, good_index: jax.Array, junk_index: jax.Ar
   neg_sorted, sorted_index = jax.lax.sort((-good_scores, good_order_index), num_keys=2)
   sorted_scores = -neg_sorted
 
-  # For every gallery item j: how many good items precede it (binary search).
+  # For every gallery item j: how many good items precede it (binary search). The
+  # sorted good items are read through flat 1-D gathers (row * K + mid).
   gallery_index = jnp.arange(G, dtype=jnp.int32)[None, :]
+  flat_scores, flat_index = sorted_scores.reshape(-1), sorted_index.reshape(-1)
+  row_base = (jnp.arange(Q, dtype=jnp.int32) * K)[:, None]
   lo = jnp.zeros((Q, G), jnp.int32)
   hi = jnp.full((Q, G), K, jnp.int32)
   for _ in range(max(1, int(np.ceil(np.log2(K + 1))))):
     mid = (lo + hi) // 2
-    safe_mid = jnp.minimum(mid, K - 1)
-    s_mid = jnp.take_along_axis(sorted_scores, safe_mid, axis=1)
-    i_mid = jnp.take_along_axis(sorted_index, safe_mid, axis=1)
+    at = row_base + jnp.minimum(mid, K - 1)
+    s_mid, i_mid = flat_scores[at], flat_index[at]
     good_first = (s_mid > scores) | ((s_mid == scores) & (i_mid < gallery_index))
     good_first &= mid < hi
     lo = jnp.where(good_first, mid + 1, lo)

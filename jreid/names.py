@@ -189,8 +189,9 @@ def list_image_folder(folder: str, grammar: str | None = None) -> FolderListing:
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"{folder!r}: expected a folder of training images")
   entries = sorted(os.listdir(folder))
-  images = [e for e in entries if os.path.splitext(e)[1].lower() in IMAGE_EXTENSIONS]
-  skipped = tuple(e for e in entries if e not in set(images))
+  is_image = [os.path.splitext(e)[1].lower() in IMAGE_EXTENSIONS for e in entries]
+  images = [e for e, keep in zip(entries, is_image) if keep]
+  skipped = tuple(e for e, keep in zip(entries, is_image) if not keep)
   if not images:
     raise ValueError(f"{folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
                      f"expected e.g. Market-1501's bounding_box_train "

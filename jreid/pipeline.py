@@ -17,8 +17,10 @@ import numpy as np
 
 from jreid import evaluate as evaluation
 from jreid import feature_files
+from jreid import metrics
 from jreid import names as names_lib
 from jreid import plots
+from jreid import rerank as rerank_lib
 from jreid import scoring
 from jreid import st as st_lib
 
@@ -70,6 +72,8 @@ def evaluate_stage(query: evaluation.ImageSet, gallery: evaluation.ImageSet,
       chunk_elements=config.eval.chunk_elements, max_rank=config.eval.max_rank)
   logging.info("evaluate: %d queries x %d gallery in %.2f s", len(query), len(gallery),
                time.time() - start)
+  if config.rerank:
+    found.update(rerank_stage(query, gallery, st_model, config))
   results = {kind: m.summary() for kind, m in found.items()}
   curves = {kind: m.cmc for kind, m in found.items()}
   write_json(os.path.join(workdir, RESULTS_FILE), results)
@@ -77,6 +81,23 @@ def evaluate_stage(query: evaluation.ImageSet, gallery: evaluation.ImageSet,
   plots.plot_cmc(curves, os.path.join(workdir, "cmc.png"))
   print(format_table(results))
   return results
+
+
+def rerank_stage(query: evaluation.ImageSet, gallery: evaluation.ImageSet,
+                 st_model: st_lib.STModel, config) -> dict:
+  """k-reciprocal re-ranking of the visual and the joint scores -> {kind_rerank: metrics}."""
+  params = rerank_lib.RerankParams(config.rerank_k1, config.rerank_k2, config.rerank_lambda)
+  good, junk = evaluation.match_lists(query.person_ids, query.cameras, gallery.person_ids,
+                                      gallery.cameras)
+  found = {}
+  for kind, table in (("visual_rerank", None), ("st_rerank", st_model.table)):
+    start = time.time()
+    ranks = rerank_lib.rerank_ranks(
+        query, gallery, table, good, junk, params, bin_width=st_model.params.bin_width,
+        fusion=fusion_params(config), chunk_elements=config.eval.chunk_elements)
+    found[kind] = metrics.retrieval_metrics(ranks, config.eval.max_rank)
+    logging.info("%s: %.1f s", kind, time.time() - start)
+  return found
 
 
 def format_table(results: dict) -> str:

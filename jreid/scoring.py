@@ -55,7 +55,18 @@ def cosine_scores(query_features: jax.Array, gallery_features: jax.Array) -> jax
 def st_probabilities(table: jax.Array, bin_width: int,
                      query_cameras: jax.Array, query_times: jax.Array,
                      gallery_cameras: jax.Array, gallery_times: jax.Array) -> jax.Array:
-  """ST probability of every (query, gallery) pair.
+  """ST probability of every (query, gallery) pair: int32 [Q], [Q], [G], [G] -> float32 [Q, G].
+
+  See ``pair_st_probabilities``.
+  """
+  return pair_st_probabilities(table, bin_width, query_cameras[:, None], query_times[:, None],
+                               gallery_cameras[None, :], gallery_times[None, :])
+
+
+def pair_st_probabilities(table: jax.Array, bin_width: int, query_cameras: jax.Array,
+                          query_times: jax.Array, gallery_cameras: jax.Array,
+                          gallery_times: jax.Array) -> jax.Array:
+  """ST probability of (query, gallery) pairs given as broadcastable int32 arrays.
 
   If qt > gt: P[qc, gc, (qt - gt) // w], else P[gc, qc, (gt - qt) // w] (equal
   times take the second branch). Differences beyond the last bin, and cameras
@@ -64,13 +75,13 @@ def st_probabilities(table: jax.Array, bin_width: int,
   Args:
     table: float32 [C, C, H].
     bin_width: frames per bin (static int).
-    query_cameras, query_times: int32 [Q]; gallery_cameras, gallery_times: int32 [G].
+    query_cameras, query_times, gallery_cameras, gallery_times: 0-based cameras and
+      global frames, broadcastable to one shape S.
   Returns:
-    float32 [Q, G].
+    float32 [S].
   """
   C, _, H = table.shape
-  qc, qt = query_cameras[:, None], query_times[:, None]
-  gc, gt = gallery_cameras[None, :], gallery_times[None, :]
+  qc, qt, gc, gt = query_cameras, query_times, gallery_cameras, gallery_times
   query_later = qt > gt
   later = jnp.where(query_later, qc, gc)
   earlier = jnp.where(query_later, gc, qc)

@@ -1,0 +1,113 @@
+"""k-reciprocal re-ranking against a dense implementation written from the paper."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import numpy_reference
+from jreid import evaluate
+from jreid import metrics
+from jreid import rerank
+from jreid import scoring
+
+
+def dense_rerank(dist, num_query, k1, k2, lambda_value):
+  """Zhong et al. 2017, Eqs. (5)-(12), straight from the paper, dense float64.
+
+  dist: [N, N] original distances. Returns the final [Q, G] distance.
+  """
+  N = len(dist)
+  original = (dist / dist.max(axis=0)).T
+  rank = np.argsort(original, axis=1, kind="stable")
+
+  def recip(i, k):
+    forward = rank[i, :k + 1]
+    return [j for j in forward if i in rank[j, :k + 1]]
+
+  V = np.zeros((N, N))
+  for i in range(N):
+    r = recip(i, k1)
+    expanded = set(r)
+    for c in r:
+      rc = recip(c, int(np.around(k1 / 2)))
+      if len(set(rc) & set(r)) > 2 / 3 * len(rc):
+        expanded |= set(rc)
+    idx = np.array(sorted(expanded))
+    w = np.exp(-original[i, idx])
+    V[i, idx] = w / w.sum()
+  if k2 != 1:
+    V = np.stack([V[rank[i, :k2]].mean(axis=0) for i in range(N)])
+  m = np.minimum(V[:num_query, None, :], V[None, :, :]).sum(axis=2)  # [Q, N]
+  jaccard = 1 - m / (2 - m)
+  final = jaccard * (1 - lambda_value) + original[:num_query] * lambda_value
+  return final[:, num_query:]
+
+
+def _world(seed, Q, G, D=8, ids=12):
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(ids + 1, D))
+  def side(n, low):
+    pid = rng.integers(low, ids + 1, n)
+    f = scoring.l2_normalise_features((centres[np.maximum(pid, 0)] + 0.9 * rng.normal(size=(n, D))).astype(np.float32))
+    return evaluate.ImageSet(f, pid, rng.integers(1, 4, n), rng.integers(0, 3000, n))
+  return side(Q, 1), side(G, -1)
+
+
+def _ranks_from_distance(final, query, gallery):
+  good, junk = evaluate.match_lists(query.person_ids, query.cameras, gallery.person_ids,
+                                    gallery.cameras)
+  return np.asarray(metrics.good_item_ranks(jnp.asarray(-final, jnp.float32), jnp.asarray(good),
+                                            jnp.asarray(junk),
+                                            jnp.asarray(gallery.person_ids == -1))), good, junk
+
+
+@pytest.mark.parametrize("use_st, k1, k2, lam", [(False, 20, 6, 0.3), (True, 20, 6, 0.3),
+                                                 (True, 5, 1, 0.5), (False, 7, 3, 0.0)])
+def test_matches_dense_paper_implementation(use_st, k1, k2, lam):
+  query, gallery = _world(0, 20, 70)
+  table = None
+  if use_st:
+    rng = np.random.default_rng(5)
+    table = numpy_reference.fit_st(rng.integers(0, 12, 200), rng.integers(0, 3, 200),
+                                   rng.integers(0, 3000, 200), 3, num_bins=40, sigma=3)
+  f = np.concatenate([query.features, gallery.features])
+  cams = np.concatenate([query.cameras, gallery.cameras])
+  times = np.concatenate([query.times, gallery.times])
+  score = (f @ f.T).astype(np.float64)
+  if table is not None:
+    p = np.stack([numpy_reference.st_row(table, cams[i] - 1, times[i], cams - 1, times)
+                  for i in range(len(f))])
+    score = 1 / (1 + np.exp(-5 * score)) / (1 + 2 * np.exp(-5 * p))
+  final = dense_rerank(2 - 2 * score, len(query), k1, k2, lam)
+  expected, good, junk = _ranks_from_distance(final, query, gallery)
+  got = rerank.rerank_ranks(query, gallery, table, good, junk,
+                            rerank.RerankParams(k1, k2, lam), bin_width=100, row_chunk=16,
+                            chunk_elements=300)
+  np.testing.assert_array_equal(got, expected)
+  assert metrics.retrieval_metrics(got, 10).mAP == pytest.approx(
+      metrics.retrieval_metrics(expected, 10).mAP, abs=1e-12)
+
+
+def test_expansion_sets_hand_case():
+  # 4 items; neighbour lists (self first). 0 and 1 are mutual, 2 and 3 are mutual.
+  nb = np.array([[0, 1, 2], [1, 0, 3], [2, 3, 0], [3, 2, 1]], np.int32)
+  mask = rerank.k_reciprocal_mask(nb, 1)
+  assert mask.tolist() == [[True, True], [True, True], [True, True], [True, True]]
+  mask2 = rerank.k_reciprocal_mask(nb, 2)
+  # 0's 3-nn {0,1,2}; 2's 3-nn {2,3,0} contains 0 -> reciprocal.
+  assert mask2[0].tolist() == [True, True, True]
+  # 1's 3-nn {1,0,3}; 3's 3-nn {3,2,1} contains 1 -> reciprocal.
+  assert mask2[1].tolist() == [True, True, True]
+
+
+def test_jaccard_block_hand_case():
+  V = np.array([[0.5, 0.5, 0.0], [0.25, 0.0, 0.75], [0.0, 1.0, 0.0]], np.float32)
+  csr = rerank.scipy.sparse.csr_matrix(V)
+  got = rerank.jaccard_block(csr[:1], csr.T.tocsr(), 0, 3)
+  m = np.array([1.0, 0.25, 0.5])
+  np.testing.assert_allclose(got[0], 1 - m / (2 - m), rtol=1e-6)
+
+
+def test_params_validation():
+  with pytest.raises(ValueError, match="lambda_value"):
+    rerank.RerankParams(lambda_value=1.5)
