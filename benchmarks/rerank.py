@@ -81,8 +81,8 @@ def main():
   parser.add_argument("--gallery", type=int, default=19732)
   parser.add_argument("--dims", type=int, default=2048)
   parser.add_argument("--ids", type=int, default=751)
-  parser.add_argument("--dense_queries", type=int, default=500)
-  parser.add_argument("--dense_gallery", type=int, default=2500)
+  parser.add_argument("--dense_queries", type=int, default=1000)
+  parser.add_argument("--dense_gallery", type=int, default=7000)
   parser.add_argument("--child", nargs=5)
   args = parser.parse_args()
   if args.child:

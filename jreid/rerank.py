@@ -223,7 +223,7 @@ def rerank_ranks(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | None
   rows = np.repeat(np.arange(N), np.diff(sets.indptr)).astype(np.int32)
   cols = sets.indices.astype(np.int32)
   dist = np.empty(len(rows), np.float32)
-  pair_chunk = 1 << 16
+  pair_chunk = 1 << 13  # [pairs, D] gathers: 64 MB each at 2048-d
   for s in range(0, len(rows), pair_chunk):
     e = min(len(rows), s + pair_chunk)
     i = np.zeros(pair_chunk, np.int32)
