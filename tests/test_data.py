@@ -1,0 +1,182 @@
+"""TFDS builder, synthetic world and tf.data pipelines on a tiny generated world."""
+
+import io
+import os
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from jreid import names
+from jreid.data import market1501
+from jreid.data import pipeline
+from jreid.data import synthetic
+
+TINY = synthetic.WorldParams(num_train_ids=12, num_test_ids=10, num_cameras=4,
+                             image_height=64, image_width=32, num_junk=4,
+                             num_distractors=6, group_size=3, seed=7)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("world"))
+  manifest = synthetic.generate(out, TINY, make_zip=True)
+  return out, manifest
+
+
+@pytest.fixture(scope="module")
+def builder(world, tmp_path_factory):
+  return market1501.prepare(str(tmp_path_factory.mktemp("tfds")), world[0])
+
+
+def test_world_layout_and_names(world):
+  out, m = world
+  root = os.path.join(out, synthetic.ROOT_NAME)
+  for split, folder in synthetic.FOLDERS.items():
+    on_disk = sorted(os.listdir(os.path.join(root, folder)))
+    assert on_disk == sorted(n for n, s in zip(m.filenames, m.split) if s == split)
+  for name, pid, cam, t in zip(m.filenames, m.person_id, m.camera, m.time):
+    p = names.parse_name(name, grammar="market")
+    assert (p.person_id, p.camera, p.time) == (pid, cam, t)
+  assert len(set(m.filenames)) == len(m.filenames)
+
+
+def test_world_statistics_match_parameters(world):
+  _, m = world
+  split = np.array(m.split)
+  train_ids = set(m.person_id[split == "train"].tolist())
+  test_ids = set(m.person_id[(split == "query")].tolist())
+  assert train_ids == set(range(1, TINY.num_train_ids + 1))
+  assert test_ids == set(range(TINY.num_train_ids + 1, TINY.num_train_ids + TINY.num_test_ids + 1))
+  gallery = split == "gallery"
+  assert (m.person_id[gallery] == -1).sum() == TINY.num_junk
+  assert (m.person_id[gallery] == 0).sum() == TINY.num_distractors
+  assert set(m.camera.tolist()) <= set(range(1, TINY.num_cameras + 1))
+  assert m.time.min() >= 0 and m.time.max() < TINY.time_span
+  # One query per (test id, camera); each query has a gallery match in another camera.
+  q = split == "query"
+  pairs = list(zip(m.person_id[q], m.camera[q]))
+  assert len(pairs) == len(set(pairs))
+  for pid, cam in pairs:
+    assert ((m.person_id[gallery] == pid) & (m.camera[gallery] != cam)).any()
+  # Transit times: consecutive cameras of a walk are |distance| / speed apart (+ dwell).
+  for pid in list(train_ids)[:5]:
+    sel = m.person_id == pid
+    cams, times = m.camera[sel], m.time[sel]
+    firsts = sorted((times[cams == c].min(), c) for c in set(cams.tolist()))
+    speed = m.walking_speed[pid]
+    for (t0, c0), (t1, c1) in zip(firsts[:-1], firsts[1:]):
+      walk = abs(m.camera_position_m[c1 - 1] - m.camera_position_m[c0 - 1]) / speed
+      assert walk * 25 - 60 <= t1 - t0 <= (walk + 5 * TINY.dwell_s) * 25 + 60
+
+
+def test_builder_counts_and_fields(world, builder):
+  _, m = world
+  split = np.array(m.split)
+  for s in ("train", "query", "gallery"):
+    assert builder.info.splits[s].num_examples == (split == s).sum()
+  records = pipeline.read_records(builder, "query")
+  assert sorted(records["filename"].astype(str)) == sorted(
+      n for n, s in zip(m.filenames, m.split) if s == "query")
+  ex = next(iter(tfds.as_numpy(builder.as_dataset(split="gallery").take(1))))
+  name = ex["filename"].decode()
+  p = names.parse_name(name)
+  assert (ex["id"], ex["camera"], ex["sequence"], ex["frame"], ex["time"]) == (
+      p.person_id, p.camera, p.sequence, p.frame, p.time)
+  # The stored image is the source JPEG, byte for byte, and decodes to its size.
+  path = os.path.join(world[0], synthetic.ROOT_NAME, "bounding_box_test", name)
+  with open(path, "rb") as f:
+    source = f.read()
+  raw = pipeline.read_records(builder, "gallery")
+  stored = raw["image"][list(raw["filename"].astype(str)).index(name)]
+  assert stored == source
+  assert ex["image"].shape == (TINY.image_height, TINY.image_width, 3)
+
+
+def test_builder_from_zip_only(world, tmp_path):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  shutil.copy(os.path.join(world[0], synthetic.ROOT_NAME + ".zip"), manual)
+  b = market1501.prepare(str(tmp_path / "tfds"), str(manual))
+  assert b.info.splits["train"].num_examples == (np.array(world[1].split) == "train").sum()
+
+
+def test_manual_dir_errors(tmp_path):
+  with pytest.raises(market1501.ManualDataMissingError, match="(?s)does not exist.*Market-1501-v15.09.15.zip"):
+    market1501.find_root(str(tmp_path / "nope"))
+  # Through TFDS too: the builder's error carries the instructions.
+  with pytest.raises(market1501.ManualDataMissingError, match="(?s)Market-1501-v15.09.15.zip"):
+    market1501.prepare(str(tmp_path / "tfds"), str(tmp_path / "nope"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(market1501.ManualDataMissingError, match="is empty"):
+    market1501.find_root(str(tmp_path / "empty"))
+
+
+def test_corrupt_jpeg_and_bad_name_stop_preparation(world, tmp_path):
+  root = tmp_path / synthetic.ROOT_NAME
+  shutil.copytree(os.path.join(world[0], synthetic.ROOT_NAME), root)
+  bad = root / "query" / "0013_c1s1_000100_01.jpg"
+  bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+  with pytest.raises(ValueError, match="0013_c1s1_000100_01.jpg"):
+    list(market1501.examples(str(root / "query")))
+  bad.unlink()
+  (root / "query" / "weird_name.jpg").write_bytes(b"")
+  with pytest.raises(names.BadNameError, match="weird_name.jpg"):
+    list(market1501.examples(str(root / "query")))
+
+
+def test_train_batches_shapes_augmentation_and_resume(builder):
+  data = pipeline.TrainData(builder, global_batch=8, image_size=(32, 16), seed=3)
+  first = [b for _, b in zip(range(data.steps_per_epoch + 2), data.batches(0))]
+  b = first[0]
+  assert b["image"].shape == (8, 32, 16, 3) and b["image"].dtype == np.float32
+  assert b["label"].dtype == np.int32 and b["label"].max() < data.num_classes == TINY.num_train_ids
+  low = (0 - np.array(pipeline.IMAGENET_MEAN)) / np.array(pipeline.IMAGENET_STD)
+  high = (1 - np.array(pipeline.IMAGENET_MEAN)) / np.array(pipeline.IMAGENET_STD)
+  imgs = np.concatenate([x["image"] for x in first])
+  assert np.all(imgs >= low.min() - 1e-5) and np.all(imgs <= high.max() + 1e-5)
+  # Random erasing leaves exact zeros in some images.
+  assert any((x == 0).all(axis=-1).sum() > 10 for x in imgs)
+  # Resuming at any step gives the same batches, across the epoch boundary too.
+  resumed = [b for _, b in zip(range(3), data.batches(data.steps_per_epoch - 1))]
+  for a, r in zip(first[data.steps_per_epoch - 1:], resumed):
+    np.testing.assert_array_equal(a["image"], r["image"])
+    np.testing.assert_array_equal(a["label"], r["label"])
+
+
+def test_random_erasing_bounds():
+  import tensorflow as tf
+  params = pipeline.AugmentParams(erase_probability=1.0)
+  H, W = 64, 32
+  for k in range(20):
+    out = pipeline.random_erasing(tf.ones([H, W, 3]), tf.constant([1, k]), params).numpy()
+    zero = (out == 0).all(axis=-1)
+    if zero.any():
+      rows, cols = np.nonzero(zero)
+      area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+      assert zero.sum() == area  # one rectangle
+      assert 0.02 * H * W * 0.5 <= area <= 0.4 * H * W * 1.5
+
+
+def test_pk_sampler():
+  labels = np.repeat(np.arange(6), [5, 1, 3, 4, 2, 6])
+  order = pipeline.epoch_order(labels, seed=0, epoch=0, sampler="pk", ids_per_batch=3,
+                               images_per_id=2, batch_size=6)
+  assert len(order) == (len(labels) // 6) * 6
+  for batch in order.reshape(-1, 6):
+    lab = labels[batch].reshape(3, 2)
+    assert (lab[:, 0] == lab[:, 1]).all() and len(set(lab[:, 0])) == 3
+  with pytest.raises(ValueError, match="pk sampling needs batch"):
+    pipeline.epoch_order(labels, 0, 0, "pk", 3, 2, batch_size=8)
+
+
+def test_eval_batches_cover_every_example_once(builder):
+  for batch in (4, 7):
+    it, n = pipeline.eval_batches(builder, "gallery", batch, (32, 16))
+    got = list(it)
+    assert len(got) == n
+    index = np.concatenate([b["index"][b["mask"]] for b in got])
+    assert sorted(index.tolist()) == list(range(builder.info.splits["gallery"].num_examples))
+    assert all(b["image"].shape == (batch, 32, 16, 3) for b in got)
