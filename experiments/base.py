@@ -37,3 +37,66 @@ def st_and_eval_config() -> ml_collections.ConfigDict:
   config.rerank_k2 = 6
   config.rerank_lambda = 0.3
   return config
+
+
+def training_config() -> ml_collections.ConfigDict:
+  """The whole pipeline (train -> extract -> ST -> evaluate) with the reference recipe."""
+  config = st_and_eval_config()
+  config.dataset = "market1501"   # or "synthetic"
+  config.data_dir = ""            # TFDS data dir (default ~/tensorflow_datasets)
+  config.manual_dir = ""          # where Market-1501's zip/folder lies (default <data_dir>/downloads/manual)
+  config.seed = 0
+
+  config.image_size = (384, 192)
+  config.batch_size = 32          # global, over every device of every process
+  config.eval_batch_size = 128
+  config.epochs = 60
+  config.sampler = "random"       # or "pk": ids_per_batch x images_per_id batches
+  config.ids_per_batch = 8
+  config.images_per_id = 4
+
+  config.augment = ml_collections.ConfigDict()
+  config.augment.flip = True
+  config.augment.erase_probability = 0.5
+  config.augment.erase_area = (0.02, 0.4)
+  config.augment.erase_min_aspect = 0.3
+
+  config.model = ml_collections.ConfigDict()
+  config.model.depth = 50
+  config.model.width = 64
+  config.model.stage_blocks = ()  # () = the depth's; e.g. (1, 1, 1, 1) for tiny models
+  config.model.last_stride = 1
+  config.model.parts = 6          # PCB; 1 = global pooling
+  config.model.bottleneck = 256
+  config.model.dropout = 0.5
+  config.model.dtype = "float32"  # or "bfloat16" (parameters stay float32)
+  config.model.imagenet = ""      # torchvision/timm ResNet .safetensors or .npz
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.lr = 0.01      # backbone
+  config.optimizer.head_lr_multiplier = 10.0
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = True
+  config.optimizer.weight_decay = 5e-4
+  config.optimizer.decay_epochs = (40,)
+  config.optimizer.decay = 0.1
+  config.optimizer.warmup_epochs = 0.0
+
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 3
+  config.ranked_list_queries = 8
+  config.num_parts = 6            # features are normalised per PCB part
+  return config
+
+
+def synthetic_world_config(**overrides) -> ml_collections.ConfigDict:
+  """Fields of jreid.data.synthetic.WorldParams (its defaults), with overrides."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from jreid.data import synthetic  # pylint: disable=g-import-not-at-top  (no TensorFlow)
+  fields = dataclasses.asdict(synthetic.WorldParams())
+  unknown = set(overrides) - set(fields)
+  if unknown:
+    raise ValueError(f"unknown synthetic world fields {sorted(unknown)}")
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)

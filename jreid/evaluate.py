@@ -141,3 +141,25 @@ def evaluate(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | None = N
                    (Q - stop) / rate)
       last_log = time.time()
   return {kind: metrics.retrieval_metrics(ranks[i], max_rank) for i, kind in enumerate(kinds)}
+
+
+def top_k_gallery(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | None, k: int = 10,
+                  bin_width: int = 100, fusion: scoring.FusionParams = scoring.FusionParams()
+                  ) -> np.ndarray:
+  """int [Q, k]: the best k gallery indices per query after junk removal (joint score if
+  st_table is given, else visual). For ranked-list pictures of a few queries."""
+  good, junk = match_lists(query.person_ids, query.cameras, gallery.person_ids, gallery.cameras)
+  scores = scoring.cosine_scores(jnp.asarray(query.features), jnp.asarray(gallery.features))
+  if st_table is not None:
+    prob = scoring.st_probabilities(jnp.asarray(st_table, jnp.float32), bin_width,
+                                    jnp.asarray(query.cameras - 1, jnp.int32),
+                                    jnp.asarray(query.times, jnp.int32),
+                                    jnp.asarray(gallery.cameras - 1, jnp.int32),
+                                    jnp.asarray(gallery.times, jnp.int32))
+    scores = scoring.joint_scores(scores, prob, fusion)
+  scores = np.array(scores)
+  scores[:, gallery.person_ids == -1] = -np.inf
+  rows = np.repeat(np.arange(len(query)), junk.shape[1])
+  cols = junk.reshape(-1)
+  scores[rows[cols >= 0], cols[cols >= 0]] = -np.inf
+  return np.argsort(-scores, axis=1, kind="stable")[:, :k]

@@ -38,7 +38,10 @@ def fusion_params(config: ml_collections.ConfigDict) -> scoring.FusionParams:
 
 def fit_st_stage(train: names_lib.NameTable, num_cameras: int, config, workdir: str
                  ) -> st_lib.STModel:
-  """Fits (or reloads, if the workdir has one with the same constants) the ST model."""
+  """Fits (or reloads, if the workdir has one with the same constants) the ST model.
+
+  ``train`` needs ``person_id``, ``camera`` (1-based) and ``time`` arrays.
+  """
   path = os.path.join(workdir, ST_MODEL_FILE)
   params = st_params(config)
   if os.path.exists(path):
@@ -56,9 +59,10 @@ def fit_st_stage(train: names_lib.NameTable, num_cameras: int, config, workdir: 
     logging.warning("ST model: %d (identity, camera pair) transit times exceed %d bins x %d "
                     "frames and were left out; raise config.st.num_bins to keep them",
                     model.num_out_of_range, params.num_bins, params.bin_width)
-  model.save(path)
-  plots.plot_st_distributions(model.table, params.bin_width,
-                              os.path.join(workdir, "st_distributions.png"))
+  if is_main_process():
+    model.save(path)
+    plots.plot_st_distributions(model.table, params.bin_width,
+                                os.path.join(workdir, "st_distributions.png"))
   return model
 
 
@@ -76,10 +80,11 @@ def evaluate_stage(query: evaluation.ImageSet, gallery: evaluation.ImageSet,
     found.update(rerank_stage(query, gallery, st_model, config))
   results = {kind: m.summary() for kind, m in found.items()}
   curves = {kind: m.cmc for kind, m in found.items()}
-  write_json(os.path.join(workdir, RESULTS_FILE), results)
-  write_json(os.path.join(workdir, "cmc.json"), {k: v.tolist() for k, v in curves.items()})
-  plots.plot_cmc(curves, os.path.join(workdir, "cmc.png"))
-  print(format_table(results))
+  if is_main_process():
+    write_json(os.path.join(workdir, RESULTS_FILE), results)
+    write_json(os.path.join(workdir, "cmc.json"), {k: v.tolist() for k, v in curves.items()})
+    plots.plot_cmc(curves, os.path.join(workdir, "cmc.png"))
+    print(format_table(results))
   return results
 
 
@@ -107,6 +112,12 @@ def format_table(results: dict) -> str:
     lines.append(f"{kind:<14}" + "".join(f"{100 * r[k]:>8.2f}"
                                          for k in ("rank1", "rank5", "rank10", "mAP")))
   return "\n".join(lines)
+
+
+def is_main_process() -> bool:
+  """Results, plots and logs of record are written by process 0 only."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
 
 
 def write_json(path: str, obj) -> None:
@@ -144,9 +155,13 @@ def evaluate_features_file(config: ml_collections.ConfigDict, workdir: str) -> d
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs the job the config describes; returns the results dict."""
+  """Runs the job the config describes; returns the results dict.
+
+  With ``config.features`` set: the evaluate-from-features job. Otherwise the whole
+  pipeline train -> extract -> fit ST -> evaluate (``jreid.run_training``).
+  """
   os.makedirs(workdir, exist_ok=True)
   if config.get("features"):
     return evaluate_features_file(config, workdir)
-  raise ValueError("config.features is empty and the training pipeline is not part of "
-                   "this config; use experiments/eval_features.py with --config.features")
+  from jreid import run_training  # pylint: disable=g-import-not-at-top  (imports TF)
+  return run_training.train_and_evaluate(config, workdir)

@@ -97,7 +97,7 @@ def read_records(builder: tfds.core.DatasetBuilder, split) -> dict[str, np.ndarr
   """All examples of ``split`` with the image left encoded: a dict of numpy arrays."""
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           decoders={"image": tfds.decode.SkipDecoding()})
-  out = {k: [] for k in ("image", "id", "camera", "time", "filename")}
+  out = {k: [] for k in ("image", "id", "camera", "sequence", "frame", "time", "filename")}
   for ex in ds.batch(4096).as_numpy_iterator():
     for k in out:
       out[k].append(ex[k])

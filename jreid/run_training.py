@@ -1,0 +1,137 @@
+"""The whole job: data -> train -> extract -> fit ST -> evaluate, each stage resumable.
+
+A finished stage is not redone: training resumes from its latest checkpoint and
+is skipped once complete; extraction is skipped when ``features.npz`` holds the
+features of the final step; the ST model is reused when its constants match.
+Imports TensorFlow (through ``jreid.data``); the evaluate-from-features job does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import time
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from jreid import evaluate as evaluation
+from jreid import feature_files
+from jreid import features as features_lib
+from jreid import names as names_lib
+from jreid import pipeline
+from jreid import plots
+from jreid import train as train_lib
+from jreid.data import market1501
+from jreid.data import pipeline as data_pipeline
+from jreid.data import synthetic
+
+FEATURES_FILE = "features.npz"
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: str):
+  """The prepared market1501 builder: the real data, or the synthetic world."""
+  data_dir = config.data_dir or (os.path.join(workdir, "tfds") if config.dataset == "synthetic"
+                                 else os.path.expanduser("~/tensorflow_datasets"))
+  manual_dir = config.manual_dir or None
+  if config.dataset == "synthetic":
+    params = synthetic.WorldParams(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                                      for k, v in config.synthetic.to_dict().items()})
+    manual_dir = manual_dir or os.path.join(workdir, "synthetic_world")
+    if jax.process_index() == 0:
+      start = time.time()
+      synthetic.generate_if_missing(manual_dir, params)
+      logging.info("synthetic world ready in %s (%.1f s)", manual_dir, time.time() - start)
+  elif config.dataset != "market1501":
+    raise ValueError(f"config.dataset must be 'synthetic' or 'market1501', got {config.dataset!r}")
+  # Process 0 prepares (generates, converts); the others wait, then open it.
+  if jax.process_index() == 0:
+    market1501.prepare(data_dir, manual_dir)
+  multihost_utils.sync_global_devices("jreid: data prepared")
+  return market1501.prepare(data_dir, manual_dir)
+
+
+def _augment(config) -> data_pipeline.AugmentParams:
+  a = config.augment
+  return data_pipeline.AugmentParams(flip=a.flip, erase_probability=a.erase_probability,
+                                     erase_area=tuple(a.erase_area),
+                                     erase_min_aspect=a.erase_min_aspect)
+
+
+def train_stage(config, workdir, builder, mesh) -> train_lib.TrainResult:
+  data = data_pipeline.TrainData(
+      builder, config.batch_size, tuple(config.image_size), seed=config.seed,
+      augment=_augment(config), sampler=config.sampler, ids_per_batch=config.ids_per_batch,
+      images_per_id=config.images_per_id)
+  logging.info("train split: %d identities, %d images in this process, %d steps per epoch",
+               data.num_classes, len(data.labels), data.steps_per_epoch)
+  return train_lib.train(config, workdir, data.batches, data_pipeline.to_global,
+                         data.num_classes, data.steps_per_epoch, mesh)
+
+
+def extract_stage(config, builder, result: train_lib.TrainResult, mesh):
+  """Query and gallery features (normalised) of the trained model."""
+  step = features_lib.make_extract_step(result.graphdef, mesh, train_lib.data_sharding(mesh),
+                                        train_lib.replicated(mesh))
+  sets = []
+  for split in ("query", "gallery"):
+    start = time.time()
+    batches, n = data_pipeline.eval_batches(builder, split, config.eval_batch_size,
+                                            tuple(config.image_size))
+    sets.append(features_lib.extract(step, result.state, batches, n, data_pipeline.to_global,
+                                     train_lib.data_sharding(mesh), config.model.parts,
+                                     log=logging.info))
+    logging.info("extract: %s, %d images in %.1f s", split, len(sets[-1]), time.time() - start)
+  return sets
+
+
+def ranked_list_picture(config, builder, query, gallery, st_model, path: str) -> None:
+  """Top-10 gallery images (joint score) of a few queries, framed green/red."""
+  n = min(config.ranked_list_queries, len(query))
+  if n == 0:
+    return
+  picks = np.linspace(0, len(query) - 1, n).astype(int)
+  q = dataclasses.replace(query, features=query.features[picks],
+                          person_ids=query.person_ids[picks], cameras=query.cameras[picks],
+                          times=query.times[picks])
+  top = evaluation.top_k_gallery(q, gallery, st_model.table, 10, st_model.params.bin_width,
+                                 pipeline.fusion_params(config))
+  q_images = data_pipeline.read_records(builder, "query")["image"]
+  g_images = data_pipeline.read_records(builder, "gallery")["image"]
+  decode = lambda b: np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
+  plots.plot_ranked_lists(
+      [decode(q_images[i]) for i in picks], [[decode(g_images[j]) for j in row] for row in top],
+      gallery.person_ids[top] == q.person_ids[:, None], path,
+      titles=[f"id {p} c{c}" for p, c in zip(q.person_ids, q.cameras)])
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) every stage; returns the results dict (also in results.json)."""
+  builder = prepare_data(config, workdir)
+  mesh = train_lib.make_mesh()
+  features_path = os.path.join(workdir, FEATURES_FILE)
+  if os.path.exists(features_path):
+    logging.info("features: reusing %s", features_path)
+    query, gallery, _ = feature_files.load_features(features_path)
+  else:
+    result = train_stage(config, workdir, builder, mesh)
+    query, gallery = extract_stage(config, builder, result, mesh)
+    if pipeline.is_main_process():
+      feature_files.save_features(features_path, query, gallery)
+  records = data_pipeline.read_records(builder, "train")
+  train_names = names_lib.NameTable(
+      names=tuple(records["filename"].astype(str)), person_id=records["id"],
+      camera=records["camera"], sequence=records["sequence"], frame=records["frame"],
+      time=records["time"])
+  num_cameras = pipeline.num_cameras_of(train_names.camera, query.cameras, gallery.cameras)
+  st_model = pipeline.fit_st_stage(train_names, num_cameras, config, workdir)
+  results = pipeline.evaluate_stage(query, gallery, st_model, config, workdir)
+  if pipeline.is_main_process():
+    ranked_list_picture(config, builder, query, gallery, st_model,
+                        os.path.join(workdir, "ranked_lists.png"))
+  return results
