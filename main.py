@@ -13,6 +13,10 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, features, resul
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (default: when "
                   "the environment looks like a multi-host job).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for an explicit "
+                    "multi-process run (otherwise auto-detected on TPU pods and clusters).")
+flags.DEFINE_integer("num_processes", None, "Processes of an explicit multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in an explicit run.")
 flags.mark_flags_as_required(["workdir", "config"])
 
 
@@ -20,7 +24,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from jreid import distributed  # pylint: disable=g-import-not-at-top
-  distributed.maybe_initialize(FLAGS.distributed)
+  distributed.maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address,
+                               FLAGS.num_processes, FLAGS.process_id)
   from jreid import pipeline  # pylint: disable=g-import-not-at-top
   logging.info("config:\n%s", FLAGS.config)
   pipeline.run(FLAGS.config, FLAGS.workdir)

@@ -54,6 +54,7 @@ def training_config() -> ml_collections.ConfigDict:
   config.sampler = "random"       # or "pk": ids_per_batch x images_per_id batches
   config.ids_per_batch = 8
   config.images_per_id = 4
+  config.data_shards = 0          # 0: one train shard per process (see TrainData)
 
   config.augment = ml_collections.ConfigDict()
   config.augment.flip = True

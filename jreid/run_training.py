@@ -67,9 +67,10 @@ def train_stage(config, workdir, builder, mesh) -> train_lib.TrainResult:
   data = data_pipeline.TrainData(
       builder, config.batch_size, tuple(config.image_size), seed=config.seed,
       augment=_augment(config), sampler=config.sampler, ids_per_batch=config.ids_per_batch,
-      images_per_id=config.images_per_id)
-  logging.info("train split: %d identities, %d images in this process, %d steps per epoch",
-               data.num_classes, len(data.labels), data.steps_per_epoch)
+      images_per_id=config.images_per_id, num_shards=config.data_shards)
+  logging.info("train split: %d identities, %d images in this process (shards %s of %d), "
+               "%d steps per epoch", data.num_classes, data.num_images, data.shards,
+               data.num_shards, data.steps_per_epoch)
   return train_lib.train(config, workdir, data.batches, data_pipeline.to_global,
                          data.num_classes, data.steps_per_epoch, mesh)
 

@@ -172,6 +172,15 @@ def test_pk_sampler():
     pipeline.epoch_order(labels, 0, 0, "pk", 3, 2, batch_size=8)
 
 
+def test_two_shards_in_one_process_concatenate(builder):
+  one = pipeline.TrainData(builder, global_batch=8, image_size=(32, 16), seed=3, num_shards=2)
+  assert one.shards == [0, 1] and one.local_batch == 8 and one.shard_batch == 4
+  batch = next(one.batches(0))
+  assert batch["image"].shape == (8, 32, 16, 3)
+  with pytest.raises(ValueError, match="divide the global batch"):
+    pipeline.TrainData(builder, global_batch=9, image_size=(32, 16), num_shards=2)
+
+
 def test_eval_batches_cover_every_example_once(builder):
   for batch in (4, 7):
     it, n = pipeline.eval_batches(builder, "gallery", batch, (32, 16))

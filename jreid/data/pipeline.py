@@ -146,6 +146,14 @@ def epoch_order(labels: np.ndarray, seed: int, epoch: int, sampler: str = "rando
 class TrainData:
   """This process's share of every global training batch.
 
+  The train split is cut into ``num_shards`` even shards
+  (``tfds.split_for_jax_process(..., process_index=shard, process_count=num_shards)``);
+  each shard has its own epoch order and contributes global_batch / num_shards
+  images to every step, and each process reads the shards it owns. By default
+  num_shards is the number of processes (one shard each); fixing it makes the
+  global batches independent of how many processes read them, so 1 process with
+  2 devices and 2 processes with 1 device each train on the same data.
+
   Attributes:
     local_batch: images per process per step.
     steps_per_epoch: the same on every process.
@@ -155,44 +163,63 @@ class TrainData:
   def __init__(self, builder: tfds.core.DatasetBuilder, global_batch: int,
                image_size: tuple[int, int], seed: int = 0,
                augment: AugmentParams = AugmentParams(), sampler: str = "random",
-               ids_per_batch: int = 8, images_per_id: int = 4):
-    if global_batch % jax.process_count():
-      raise ValueError(f"global batch {global_batch} must divide over "
-                       f"{jax.process_count()} processes")
-    self.local_batch = global_batch // jax.process_count()
+               ids_per_batch: int = 8, images_per_id: int = 4, num_shards: int = 0):
+    processes = jax.process_count()
+    self.num_shards = num_shards or processes
+    if self.num_shards % processes or global_batch % self.num_shards:
+      raise ValueError(f"data shards ({self.num_shards}) must be a multiple of the processes "
+                       f"({processes}) and divide the global batch ({global_batch})")
+    per_process = self.num_shards // processes
+    self.shards = list(range(jax.process_index() * per_process,
+                             (jax.process_index() + 1) * per_process))
+    self.shard_batch = global_batch // self.num_shards
+    self.local_batch = self.shard_batch * per_process
     self.image_size = tuple(image_size)
     self.seed, self.augment, self.sampler = seed, augment, sampler
     self.ids_per_batch, self.images_per_id = ids_per_batch, images_per_id
+    if sampler == "pk" and self.shard_batch != ids_per_batch * images_per_id:
+      raise ValueError(f"pk sampling needs a per-shard batch of ids_per_batch x images_per_id "
+                       f"= {ids_per_batch * images_per_id}, got {self.shard_batch}")
     self.identities = identity_labels(builder)
     self.num_classes = len(self.identities)
-    self.records = read_records(builder, tfds.split_for_jax_process("train", drop_remainder=True))
-    self.labels = np.searchsorted(self.identities, self.records["id"]).astype(np.int32)
-    self.steps_per_epoch = len(self.labels) // self.local_batch
+    self.records, self.labels = {}, {}
+    for shard in self.shards:
+      split = tfds.split_for_jax_process("train", process_index=shard,
+                                         process_count=self.num_shards, drop_remainder=True)
+      self.records[shard] = read_records(builder, split)
+      self.labels[shard] = np.searchsorted(self.identities,
+                                           self.records[shard]["id"]).astype(np.int32)
+    self.num_images = sum(len(v) for v in self.labels.values())
+    self.steps_per_epoch = min(len(v) for v in self.labels.values()) // self.shard_batch
     if self.steps_per_epoch == 0:
-      raise ValueError(f"the train shard of this process has {len(self.labels)} images, "
-                       f"fewer than one batch of {self.local_batch}")
+      raise ValueError(f"a train shard has fewer images than one shard batch "
+                       f"({self.shard_batch})")
 
-  def _epoch_dataset(self, epoch: int, first_step: int) -> tf.data.Dataset:
-    order = epoch_order(self.labels, self.seed, epoch, self.sampler, self.ids_per_batch,
-                        self.images_per_id, self.local_batch if self.sampler == "pk" else 0)
-    order = order[:self.steps_per_epoch * self.local_batch]
+  def _shard_dataset(self, shard: int, epoch: int, first_step: int) -> tf.data.Dataset:
+    labels, b = self.labels[shard], self.shard_batch
+    order = epoch_order(labels, self.seed * 7919 + shard, epoch, self.sampler,
+                        self.ids_per_batch, self.images_per_id,
+                        b if self.sampler == "pk" else 0)
+    order = order[:self.steps_per_epoch * b]
     slot = np.arange(len(order), dtype=np.int64) + epoch * len(order)
-    order, slot = order[first_step * self.local_batch:], slot[first_step * self.local_batch:]
+    order, slot = order[first_step * b:], slot[first_step * b:]
     ds = tf.data.Dataset.from_tensor_slices({
-        "encoded": self.records["image"][order], "label": self.labels[order],
-        "seed": np.stack([np.full_like(slot, self.seed), slot * 4], axis=1)})
+        "encoded": self.records[shard]["image"][order], "label": labels[order],
+        "seed": np.stack([np.full_like(slot, self.seed * 7919 + shard), slot * 4], axis=1)})
     size, augment = self.image_size, self.augment
     ds = ds.map(lambda ex: {"image": train_preprocess(ex["encoded"], ex["seed"], size, augment),
                             "label": ex["label"]},
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(self.local_batch, drop_remainder=True)
+    return ds.batch(b, drop_remainder=True)
 
   def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Local batches {"image": float32 [b, H, W, 3], "label": int32 [b]} from start_step on."""
     epoch, step = divmod(start_step, self.steps_per_epoch)
     while True:
-      ds = self._epoch_dataset(epoch, step).prefetch(tf.data.AUTOTUNE)
-      yield from ds.as_numpy_iterator()
+      parts = [self._shard_dataset(s, epoch, step) for s in self.shards]
+      ds = parts[0] if len(parts) == 1 else tf.data.Dataset.zip(tuple(parts)).map(
+          lambda *bs: {k: tf.concat([b[k] for b in bs], axis=0) for k in bs[0]})
+      yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
       epoch, step = epoch + 1, 0
 
 
