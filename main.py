@@ -3,6 +3,8 @@
   python main.py --workdir=DIR --config=experiments/NAME.py [--config.field=value ...]
 """
 
+import logging as std_logging
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -20,9 +22,19 @@ flags.DEFINE_integer("process_id", None, "This process's index in an explicit ru
 flags.mark_flags_as_required(["workdir", "config"])
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Keeps INFO chatter of orbax and TFDS out of the log (warnings still pass)."""
+  _NOISY = ("/orbax/", "/tensorflow_datasets/")
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or not any(
+        n in record.pathname for n in self._NOISY)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   from jreid import distributed  # pylint: disable=g-import-not-at-top
   distributed.maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address,
                                FLAGS.num_processes, FLAGS.process_id)

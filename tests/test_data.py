@@ -14,21 +14,7 @@ from jreid.data import market1501
 from jreid.data import pipeline
 from jreid.data import synthetic
 
-TINY = synthetic.WorldParams(num_train_ids=12, num_test_ids=10, num_cameras=4,
-                             image_height=64, image_width=32, num_junk=4,
-                             num_distractors=6, group_size=3, seed=7)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("world"))
-  manifest = synthetic.generate(out, TINY, make_zip=True)
-  return out, manifest
-
-
-@pytest.fixture(scope="module")
-def builder(world, tmp_path_factory):
-  return market1501.prepare(str(tmp_path_factory.mktemp("tfds")), world[0])
+from conftest import TINY_WORLD as TINY
 
 
 def test_world_layout_and_names(world):

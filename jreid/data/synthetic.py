@@ -121,21 +121,25 @@ class _Look:
 
 
 def _group_looks(rng: np.random.Generator, num_ids: int, group_size: int) -> list[_Look]:
+  """Identities in groups of ``group_size`` that dress (nearly) alike: members share
+  clothing, pattern, bag, skin and build, up to small colour jitter."""
   looks = []
   base = None
   for i in range(num_ids):
     if i % group_size == 0:
       base = dict(shirt=rng.uniform(0.05, 0.95, 3), shirt2=rng.uniform(0.05, 0.95, 3),
-                  pattern=int(rng.integers(0, 4)), trousers=rng.uniform(0.05, 0.7, 3))
-    jitter = lambda c, s=0.06: np.clip(c + rng.normal(0, s, 3), 0, 1)
+                  pattern=int(rng.integers(0, 4)), trousers=rng.uniform(0.05, 0.7, 3),
+                  skin=np.array([0.85, 0.65, 0.5]) * rng.uniform(0.45, 1.1),
+                  hair=rng.uniform(0.0, 0.5) * np.ones(3),
+                  bag=rng.uniform(0, 1, 3) if rng.random() < 0.35 else None,
+                  build=rng.uniform(0.85, 1.15))
+    jitter = lambda c, s=0.035: np.clip(c + rng.normal(0, s, 3), 0, 1)
     looks.append(_Look(
-        skin=np.array([0.85, 0.65, 0.5]) * rng.uniform(0.45, 1.1),
-        hair=rng.uniform(0.0, 0.5) * np.ones(3) + rng.normal(0, 0.03, 3),
+        skin=jitter(base["skin"], 0.02), hair=jitter(base["hair"], 0.02),
         shirt=jitter(base["shirt"]), shirt2=jitter(base["shirt2"]),
-        pattern=base["pattern"] if rng.random() < 0.85 else int(rng.integers(0, 4)),
-        trousers=jitter(base["trousers"]),
-        bag=rng.uniform(0, 1, 3) if rng.random() < 0.35 else None,
-        build=rng.uniform(0.85, 1.15)))
+        pattern=base["pattern"], trousers=jitter(base["trousers"]),
+        bag=None if base["bag"] is None else jitter(base["bag"]),
+        build=base["build"] * rng.uniform(0.97, 1.03)))
   return looks
 
 

@@ -1,0 +1,145 @@
+"""ResNet/PCB model: shapes, part pooling, heads, ImageNet conversion."""
+
+import json
+import struct
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jreid.models import convert
+from jreid.models import heads
+from jreid.models import resnet
+
+TINY = resnet.BackboneConfig(depth=0, width=4, stage_blocks=(1, 1, 1, 1), bottleneck=True)
+
+
+def test_output_strides_and_channels():
+  for cfg, hw in [(TINY, (4, 2)), (resnet.BackboneConfig(depth=0, width=4, stage_blocks=(1, 1, 1, 1),
+                                                         bottleneck=True, last_stride=2), (2, 1))]:
+    m = resnet.ResNet(cfg, rngs=nnx.Rngs(0))
+    out = nnx.jit(lambda m, x: m(x))(m, jnp.ones((2, 64, 32, 3)))
+    assert out.shape == (2, *hw, cfg.out_channels)
+  assert resnet.BackboneConfig(depth=50).out_channels == 2048
+  assert resnet.BackboneConfig(depth=18).out_channels == 512
+
+
+def test_resnet50_parameter_count_matches_torchvision():
+  model = nnx.eval_shape(lambda: resnet.ResNet(resnet.BackboneConfig(depth=50),
+                                               rngs=nnx.Rngs(0)))
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert n == 23_508_032  # torchvision resnet50 without its fc layer
+
+
+def test_part_pool_matches_adaptive_avg_pool_bins():
+  x = jnp.arange(2 * 7 * 3 * 1, dtype=jnp.float32).reshape(2, 7, 3, 1)
+  got = np.asarray(heads.part_pool(x, 3))[..., 0]
+  rows = np.asarray(x).mean(axis=2)[..., 0]
+  # AdaptiveAvgPool2d((3, 1)) over 7 rows: bins [0, 3), [2, 5), [4, 7).
+  expected = np.stack([rows[:, 0:3].mean(1), rows[:, 2:5].mean(1), rows[:, 4:7].mean(1)], 1)
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_pcb_model_outputs_and_loss():
+  cfg = heads.ModelConfig(backbone=TINY, parts=6, bottleneck=8)
+  model = heads.ReIDModel(cfg, num_classes=5, rngs=nnx.Rngs(0))
+  logits, feats = nnx.jit(lambda m, x: m(x, rngs=nnx.Rngs(dropout=1)))(
+      model, jnp.ones((3, 96, 48, 3)))
+  assert logits.shape == (3, 6, 5) and feats.shape == (3, 6, TINY.out_channels)
+  losses = heads.part_losses(logits, jnp.array([0, 1, 4]))
+  assert losses.shape == (6,)
+  logp = jax.nn.log_softmax(logits, -1)
+  np.testing.assert_allclose(losses[2], -(logp[0, 2, 0] + logp[1, 2, 1] + logp[2, 2, 4]) / 3,
+                             rtol=1e-6)
+  # Eval mode: deterministic, no rngs needed.
+  model.eval()
+  forward = nnx.jit(lambda m, x: m(x)[0])
+  np.testing.assert_array_equal(forward(model, jnp.ones((1, 96, 48, 3))),
+                                forward(model, jnp.ones((1, 96, 48, 3))))
+
+
+def test_bfloat16_compute_float32_params():
+  cfg = heads.ModelConfig(backbone=resnet.BackboneConfig(
+      depth=0, width=4, stage_blocks=(1, 1, 1, 1), dtype=jnp.bfloat16), parts=2, bottleneck=8)
+  model = heads.ReIDModel(cfg, 3, rngs=nnx.Rngs(0))
+  model.eval()
+  logits = nnx.jit(lambda m, x: m(x)[0])(model, jnp.ones((1, 32, 16, 3)))
+  assert logits.dtype == jnp.float32
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _to_torch_state_dict(model):
+  """The inverse of convert: what a torchvision state dict of this backbone holds."""
+  out = {}
+  inverse_bn = {v: k for k, v in convert._BN.items()}
+  for path, var in nnx.to_flat_state(nnx.state(model)):
+    if path[0] != "backbone":
+      continue
+    value = np.asarray(var.get_value())
+    rest = list(path[1:])
+    if rest[0] == "layers":
+      rest = [f"layer{rest[1] + 1}", str(rest[2])] + rest[3:]
+    if "downsample" in rest:
+      i = rest.index("downsample")
+      rest = rest[:i + 1] + ["0" if rest[i + 1] == "conv" else "1"] + rest[i + 2:]
+    leaf = rest[-1]
+    if leaf == "kernel":
+      out[".".join(rest[:-1] + ["weight"])] = value.transpose(3, 2, 0, 1)
+    else:
+      out[".".join(rest[:-1] + [inverse_bn[leaf]])] = value
+  return out
+
+
+def _write_safetensors(path, tensors):
+  header, blobs, offset = {}, [], 0
+  for name, arr in tensors.items():
+    b = np.ascontiguousarray(arr, np.float32).tobytes()
+    header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + len(b)]}
+    blobs.append(b)
+    offset += len(b)
+  h = json.dumps(header).encode()
+  with open(path, "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npz"])
+def test_imagenet_conversion_round_trip(tmp_path, fmt):
+  cfg = heads.ModelConfig(backbone=TINY, parts=2, bottleneck=8)
+  source = heads.ReIDModel(cfg, 3, rngs=nnx.Rngs(1))
+  # Give the BatchNorm statistics non-trivial values.
+  for _, var in nnx.to_flat_state(nnx.state(source, nnx.BatchStat)):
+    var.set_value(var.get_value() + 0.5)
+  sd = _to_torch_state_dict(source)
+  assert "conv1.weight" in sd and "layer1.0.downsample.0.weight" in sd
+  assert "layer4.0.bn3.running_var" in sd
+  sd["fc.weight"] = np.zeros((10, 4))
+  sd["bn1.num_batches_tracked"] = np.array(3)
+  path = str(tmp_path / f"r.{fmt}")
+  _write_safetensors(path, sd) if fmt == "safetensors" else np.savez(path, **sd)
+  target = heads.ReIDModel(cfg, 3, rngs=nnx.Rngs(2))
+  ignored = convert.load_imagenet_backbone(target, path)
+  assert sorted(ignored) == ["bn1.num_batches_tracked", "fc.weight"]
+  source.eval(), target.eval()
+  x = jax.random.normal(jax.random.key(0), (2, 64, 32, 3))
+  features = nnx.jit(lambda m, x: m.features(x))
+  np.testing.assert_allclose(features(target, x), features(source, x), rtol=1e-5, atol=1e-6)
+
+
+def test_imagenet_conversion_errors_list_tensors(tmp_path):
+  cfg = heads.ModelConfig(backbone=TINY, parts=2, bottleneck=8)
+  sd = _to_torch_state_dict(heads.ReIDModel(cfg, 3, rngs=nnx.Rngs(1)))
+  sd["layer9.0.conv1.weight"] = np.zeros((1, 1, 1, 1))
+  sd["something.else"] = np.zeros(3)
+  path = str(tmp_path / "bad.npz")
+  np.savez(path, **sd)
+  with pytest.raises(ValueError, match="something.else"):
+    convert.load_imagenet_backbone(heads.ReIDModel(cfg, 3, rngs=nnx.Rngs(2)), path)
+  del sd["something.else"]
+  sd["conv1.weight"] = np.zeros((5, 3, 7, 7))
+  np.savez(path, **sd)
+  with pytest.raises(ValueError) as e:
+    convert.load_imagenet_backbone(heads.ReIDModel(cfg, 3, rngs=nnx.Rngs(2)), path)
+  assert "backbone.layers.8.0.conv1.kernel: no such parameter" in str(e.value)
+  assert "backbone.conv1.kernel: shape (7, 7, 3, 5) in the file, (7, 7, 3, 4)" in str(e.value)

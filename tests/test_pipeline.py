@@ -1,0 +1,101 @@
+"""The whole job from main.py on a tiny synthetic world, and its stage reuse."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(workdir, *flags, env=None, timeout=600):
+  proc = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}",
+                         "--config=experiments/tiny.py", *flags], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout, env=env)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("tiny_run")
+  proc = _main(workdir)
+  return workdir, proc
+
+
+def test_main_job_writes_results_and_pictures(tiny_run):
+  workdir, proc = tiny_run
+  results = json.loads((workdir / "results.json").read_text())
+  assert set(results) == {"visual", "st", "visual_rerank", "st_rerank"}
+  for r in results.values():
+    assert set(r) >= {"rank1", "rank5", "rank10", "mAP"}
+    assert 0.0 <= r["mAP"] <= 1.0 and 0.0 <= r["rank1"] <= 1.0
+  for f in ("cmc.png", "cmc.json", "st_distributions.png", "ranked_lists.png", "st_model.npz",
+            "features.npz"):
+    assert (workdir / f).stat().st_size > 0, f
+  assert os.listdir(workdir / "tensorboard")
+  assert "steps/s" in proc.stderr and "ETA" in proc.stderr
+  assert "rank-1" in proc.stdout
+  # The features file is the evaluate-from-features format: one row per image.
+  f = np.load(workdir / "features.npz")
+  manifest = json.loads((workdir / "synthetic_world" / "manifest.json").read_text())
+  assert len(f["query_label"]) == manifest["split"].count("query")
+  assert len(f["gallery_label"]) == manifest["split"].count("gallery")
+  np.testing.assert_allclose(np.linalg.norm(f["gallery_f"], axis=1), 1.0, rtol=1e-5)
+
+
+def test_second_run_reuses_every_stage(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  before = json.loads((workdir / "results.json").read_text())
+  proc = _main(workdir)
+  assert "features: reusing" in proc.stderr
+  assert "training:" not in proc.stderr
+  assert json.loads((workdir / "results.json").read_text()) == before
+
+
+def test_features_file_of_the_pipeline_evaluates_the_same(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  train_dir = workdir / "synthetic_world" / "Market-1501-v15.09.15" / "bounding_box_train"
+  out = tmp_path / "eval"
+  proc = subprocess.run(
+      [sys.executable, "main.py", f"--workdir={out}", "--config=experiments/eval_features.py",
+       f"--config.features={workdir / 'features.npz'}", f"--config.train_dir={train_dir}",
+       "--config.num_parts=2", "--config.st.num_bins=3000"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  a = json.loads((workdir / "results.json").read_text())
+  b = json.loads((out / "results.json").read_text())
+  for kind in a:
+    assert a[kind]["mAP"] == pytest.approx(b[kind]["mAP"], abs=1e-6)
+
+
+def test_two_processes_equal_one_process_with_two_devices(tmp_path):
+  """2 processes (jax.distributed on CPU, 1 device each) == 1 process with 2 devices."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  single = tmp_path / "single"
+  _main(single, "--config.data_shards=2", "--config.epochs=1", "--config.rerank=False",
+        env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+  multi = tmp_path / "multi"
+  port = 20000 + os.getpid() % 20000
+  procs = [subprocess.Popen(
+      [sys.executable, "main.py", f"--workdir={multi}", "--config=experiments/tiny.py",
+       "--config.data_shards=2", "--config.epochs=1", "--config.rerank=False",
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-4000:]
+  assert "2 devices (2 processes)" in outs[0][1]
+  # Results and tables are written by process 0 only.
+  assert "rank-1" in outs[0][0] and "rank-1" not in outs[1][0]
+  a, b = np.load(single / "features.npz"), np.load(multi / "features.npz")
+  for k in a.files:
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  ra = json.loads((single / "results.json").read_text())
+  rb = json.loads((multi / "results.json").read_text())
+  for kind in ra:
+    assert ra[kind]["mAP"] == pytest.approx(rb[kind]["mAP"], abs=1e-6)
