@@ -101,3 +101,8 @@ def synthetic_world_config(**overrides) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown synthetic world fields {sorted(unknown)}")
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
+
+
+def scale_learning_rate(config: ml_collections.ConfigDict, reference_batch: int = 32) -> None:
+  """Linear scaling rule: lr = reference lr x global batch / reference batch (in place)."""
+  config.optimizer.lr = config.optimizer.lr * config.batch_size / reference_batch

@@ -8,10 +8,12 @@ Keys: ``query_f``, ``query_label``, ``query_cam``, ``query_frames``, ``gallery_f
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
 
+from jreid import files
 from jreid.evaluate import ImageSet
 
 SIDES = ("query", "gallery")
@@ -19,16 +21,16 @@ FIELDS = ("f", "label", "cam", "frames")
 
 
 def _load_raw(path: str) -> dict[str, np.ndarray]:
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"features file {path!r} does not exist")
-  ext = os.path.splitext(path)[1].lower()
+  ext = os.path.splitext(os.fspath(path))[1].lower()
   if ext == ".npz":
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.keys()}
+    return files.load_npz(path)
   if ext == ".mat":
     import scipy.io  # pylint: disable=g-import-not-at-top
     try:
-      raw = scipy.io.loadmat(path)
+      raw = scipy.io.loadmat(io.BytesIO(files.read_bytes(path)) if files.is_remote(path)
+                             else path)
     except NotImplementedError as e:  # MATLAB v7.3 (HDF5) files.
       raise ValueError(f"{path!r} is a MATLAB v7.3 file, which scipy cannot read; save it "
                        f"with scipy.io.savemat or as .npz with the same keys") from e
@@ -85,12 +87,10 @@ def load_features(path: str) -> tuple[ImageSet, ImageSet, dict[str, np.ndarray]]
 
 
 def save_features(path: str, query: ImageSet, gallery: ImageSet, **extras) -> None:
-  """Writes an .npz features file with the keys above (atomically)."""
+  """Writes an .npz features file with the keys above (atomically; local or gs://)."""
   arrays = {}
   for side, s in zip(SIDES, (query, gallery)):
     arrays.update({f"{side}_f": s.features, f"{side}_label": s.person_ids,
                    f"{side}_cam": s.cameras, f"{side}_frames": s.times})
   arrays.update(extras)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  files.save_npz(path, **arrays)

@@ -24,6 +24,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from jreid import files
+
 # Maximum frame index of each (camera, sequence) of Market-1501, as the reference uses.
 MARKET_SEQUENCE_MAX_FRAMES: dict[int, tuple[int, ...]] = {
     1: (72681, 74546, 74881, 74661, 74891, 54346),
@@ -186,9 +188,9 @@ def list_image_folder(folder: str, grammar: str | None = None) -> FolderListing:
   Files that are not images (``Thumbs.db`` in the official zip, say) are skipped and
   reported in ``skipped``; an image whose name fits no grammar raises, naming it.
   """
-  if not os.path.isdir(folder):
+  if not files.isdir(folder):
     raise FileNotFoundError(f"{folder!r}: expected a folder of training images")
-  entries = sorted(os.listdir(folder))
+  entries = files.listdir(folder)
   is_image = [os.path.splitext(e)[1].lower() in IMAGE_EXTENSIONS for e in entries]
   images = [e for e, keep in zip(entries, is_image) if keep]
   skipped = tuple(e for e, keep in zip(entries, is_image) if not keep)

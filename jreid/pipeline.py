@@ -7,9 +7,7 @@ train -> extract -> fit ST -> evaluate. The evaluate-from-features path starts a
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import time
 
 import ml_collections
@@ -17,6 +15,7 @@ import numpy as np
 
 from jreid import evaluate as evaluation
 from jreid import feature_files
+from jreid import files
 from jreid import metrics
 from jreid import names as names_lib
 from jreid import plots
@@ -42,9 +41,9 @@ def fit_st_stage(train: names_lib.NameTable, num_cameras: int, config, workdir: 
 
   ``train`` needs ``person_id``, ``camera`` (1-based) and ``time`` arrays.
   """
-  path = os.path.join(workdir, ST_MODEL_FILE)
+  path = files.join(workdir, ST_MODEL_FILE)
   params = st_params(config)
-  if os.path.exists(path):
+  if files.exists(path):
     model = st_lib.STModel.load(path)
     if model.params == params and model.num_cameras == num_cameras:
       logging.info("ST model: reusing %s", path)
@@ -62,7 +61,7 @@ def fit_st_stage(train: names_lib.NameTable, num_cameras: int, config, workdir: 
   if is_main_process():
     model.save(path)
     plots.plot_st_distributions(model.table, params.bin_width,
-                                os.path.join(workdir, "st_distributions.png"))
+                                files.join(workdir, "st_distributions.png"))
   return model
 
 
@@ -81,9 +80,9 @@ def evaluate_stage(query: evaluation.ImageSet, gallery: evaluation.ImageSet,
   results = {kind: m.summary() for kind, m in found.items()}
   curves = {kind: m.cmc for kind, m in found.items()}
   if is_main_process():
-    write_json(os.path.join(workdir, RESULTS_FILE), results)
-    write_json(os.path.join(workdir, "cmc.json"), {k: v.tolist() for k, v in curves.items()})
-    plots.plot_cmc(curves, os.path.join(workdir, "cmc.png"))
+    files.write_json(files.join(workdir, RESULTS_FILE), results)
+    files.write_json(files.join(workdir, "cmc.json"), {k: v.tolist() for k, v in curves.items()})
+    plots.plot_cmc(curves, files.join(workdir, "cmc.png"))
     print(format_table(results))
   return results
 
@@ -120,13 +119,6 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-def write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
-
-
 def num_cameras_of(*camera_arrays: np.ndarray) -> int:
   return int(max(int(np.max(c)) for c in camera_arrays if len(c)))
 
@@ -160,7 +152,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   With ``config.features`` set: the evaluate-from-features job. Otherwise the whole
   pipeline train -> extract -> fit ST -> evaluate (``jreid.run_training``).
   """
-  os.makedirs(workdir, exist_ok=True)
+  files.makedirs(workdir)
   if config.get("features"):
     return evaluate_features_file(config, workdir)
   from jreid import run_training  # pylint: disable=g-import-not-at-top  (imports TF)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import io
 from typing import Mapping, Sequence
 
 import matplotlib
@@ -11,11 +11,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from jreid import files
+
 
 def _save(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.savefig(path, dpi=110, bbox_inches="tight")
+  """PNG to a local path or a gs:// URI."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
   plt.close(fig)
+  files.write_bytes(path, buffer.getvalue())
   return path
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 from jreid import evaluate as evaluation
 from jreid import feature_files
 from jreid import features as features_lib
+from jreid import files
 from jreid import names as names_lib
 from jreid import pipeline
 from jreid import plots
@@ -115,8 +116,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) every stage; returns the results dict (also in results.json)."""
   builder = prepare_data(config, workdir)
   mesh = train_lib.make_mesh()
-  features_path = os.path.join(workdir, FEATURES_FILE)
-  if os.path.exists(features_path):
+  features_path = files.join(workdir, FEATURES_FILE)
+  if files.exists(features_path):
     logging.info("features: reusing %s", features_path)
     query, gallery, _ = feature_files.load_features(features_path)
   else:
@@ -134,5 +135,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = pipeline.evaluate_stage(query, gallery, st_model, config, workdir)
   if pipeline.is_main_process():
     ranked_list_picture(config, builder, query, gallery, st_model,
-                        os.path.join(workdir, "ranked_lists.png"))
+                        files.join(workdir, "ranked_lists.png"))
   return results

@@ -17,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 
 import numpy as np
 import scipy.ndimage
+
+from jreid import files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,23 +74,20 @@ class STModel:
     return self.table.shape[0]
 
   def save(self, path: str) -> None:
-    """Writes ``path`` (.npz) with the table and its metadata as JSON."""
+    """Writes ``path`` (.npz, local or gs://) with the table and its metadata as JSON."""
     meta = dict(params=dataclasses.asdict(self.params), num_identities=self.num_identities,
                 num_pair_counts=self.num_pair_counts,
                 num_out_of_range=self.num_out_of_range)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, table=self.table, meta=np.asarray(json.dumps(meta)))
-    os.replace(tmp, path)
+    files.save_npz(path, table=self.table, meta=np.asarray(json.dumps(meta)))
 
   @classmethod
   def load(cls, path: str) -> "STModel":
-    with np.load(path) as f:
-      if "table" not in f or "meta" not in f:
-        raise ValueError(f"{path!r}: expected an ST model written by STModel.save "
-                         f"(keys 'table' and 'meta'), found {sorted(f.keys())}")
-      table = f["table"]
-      meta = json.loads(str(f["meta"]))
-    return cls(table=table, params=STParams(**meta.pop("params")), **meta)
+    f = files.load_npz(path)
+    if "table" not in f or "meta" not in f:
+      raise ValueError(f"{path!r}: expected an ST model written by STModel.save "
+                       f"(keys 'table' and 'meta'), found {sorted(f)}")
+    meta = json.loads(str(f["meta"]))
+    return cls(table=f["table"], params=STParams(**meta.pop("params")), **meta)
 
 
 def mean_time_per_identity_camera(labels: np.ndarray, cameras: np.ndarray,

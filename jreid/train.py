@@ -36,6 +36,32 @@ from jreid.models import resnet
 DATA_AXIS = "data"
 
 
+def validate(config: ml_collections.ConfigDict, device_count: int, process_count: int = 1
+             ) -> None:
+  """Raises ValueError, naming the field, for a config that cannot run on these devices."""
+  problems = []
+  if config.batch_size % device_count:
+    problems.append(f"batch_size {config.batch_size} must divide by the {device_count} devices")
+  if config.eval_batch_size % device_count:
+    problems.append(f"eval_batch_size {config.eval_batch_size} must divide by the "
+                    f"{device_count} devices")
+  shards = config.data_shards or process_count
+  if shards % process_count or config.batch_size % shards:
+    problems.append(f"data_shards {shards} must be a multiple of the {process_count} "
+                    f"processes and divide batch_size {config.batch_size}")
+  if config.model.dtype not in ("float32", "bfloat16"):
+    problems.append(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
+  if config.model.depth not in (0, 18, 34, 50) or (config.model.depth == 0 and
+                                                   not config.model.stage_blocks):
+    problems.append(f"model.depth must be 18, 34 or 50 (or 0 with model.stage_blocks), "
+                    f"got {config.model.depth}")
+  if config.sampler == "pk" and config.batch_size % (config.ids_per_batch * config.images_per_id):
+    problems.append("sampler 'pk' needs batch_size to be a multiple of ids_per_batch x "
+                    "images_per_id")
+  if problems:
+    raise ValueError("config does not fit this run: " + "; ".join(problems))
+
+
 def make_mesh() -> jax.sharding.Mesh:
   """A 1-D mesh over every device of every process, axis ``data``."""
   return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
@@ -212,6 +238,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches: Callable[[in
     num_classes: identities of the train split.
     steps_per_epoch: steps in one epoch (the same on every process).
   """
+  validate(config, jax.device_count(), jax.process_count())
   mesh = mesh or make_mesh()
   total = int(config.epochs * steps_per_epoch)
   model = build_model(config, num_classes)

@@ -13,6 +13,7 @@ parsed by ``jreid.names``, the same code as the evaluate-from-features path.
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from jreid import files
 from jreid import names as names_lib
 
 ROOT_NAME = "Market-1501-v15.09.15"
@@ -47,23 +49,23 @@ def find_root(manual_dir: str, extract=None) -> str:
   ``extract(path) -> folder`` unpacks; default: next to the zip, once).
   """
   manual_dir = os.fspath(manual_dir)
-  candidates = [manual_dir, os.path.join(manual_dir, ROOT_NAME)]
-  for c in candidates:
-    if all(os.path.isdir(os.path.join(c, f)) for f in SPLIT_FOLDERS.values()):
+  has_splits = lambda c: all(files.isdir(files.join(c, f)) for f in SPLIT_FOLDERS.values())
+  for c in (manual_dir, files.join(manual_dir, ROOT_NAME)):
+    if has_splits(c):
       return c
-  zip_path = os.path.join(manual_dir, ZIP_NAME)
-  if os.path.isfile(zip_path):
+  zip_path = files.join(manual_dir, ZIP_NAME)
+  if files.isfile(zip_path):
     if extract is None:
       extract = _extract_next_to
     extracted = os.fspath(extract(zip_path))
-    for c in (extracted, os.path.join(extracted, ROOT_NAME)):
-      if all(os.path.isdir(os.path.join(c, f)) for f in SPLIT_FOLDERS.values()):
+    for c in (extracted, files.join(extracted, ROOT_NAME)):
+      if has_splits(c):
         return c
     raise ManualDataMissingError(f"{zip_path!r} does not hold {ROOT_NAME}/ with "
                                  f"{sorted(SPLIT_FOLDERS.values())}.\n{_INSTRUCTIONS}")
-  what = "is empty" if os.path.isdir(manual_dir) and not os.listdir(manual_dir) else (
-      "does not exist" if not os.path.isdir(manual_dir) else
-      f"holds neither {ZIP_NAME} nor {ROOT_NAME}/ (found {sorted(os.listdir(manual_dir))[:5]})")
+  found = files.listdir(manual_dir) if files.isdir(manual_dir) else None
+  what = ("does not exist" if found is None else "is empty" if not found else
+          f"holds neither {ZIP_NAME} nor {ROOT_NAME}/ (found {found[:5]})")
   raise ManualDataMissingError(f"The manual dir {manual_dir!r} {what}.\n{_INSTRUCTIONS}")
 
 
@@ -76,15 +78,17 @@ def _extract_next_to(zip_path: str) -> str:
   return out
 
 
-def check_image(path: str) -> None:
-  """Decodes the whole image; raises ValueError naming the file if it cannot."""
+def read_image(path: str) -> bytes:
+  """The file's bytes, after decoding them whole; ValueError naming the file if it cannot."""
+  data = files.read_bytes(path)
   try:
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(data)) as im:
       im.load()
       if im.mode not in ("RGB", "L"):
         raise ValueError(f"mode {im.mode}")
   except Exception as e:  # PIL raises many types for corrupt files.
     raise ValueError(f"{path!r} is not a readable RGB JPEG image ({e})") from e
+  return data
 
 
 def examples(folder: str):
@@ -95,10 +99,8 @@ def examples(folder: str):
                     len(listing.skipped), ", ".join(listing.skipped[:5]))
   t = listing.table
   for i, name in enumerate(t.names):
-    path = os.path.join(folder, name)
-    check_image(path)
     yield name, {
-        "image": path, "id": int(t.person_id[i]), "camera": int(t.camera[i]),
+        "image": read_image(files.join(folder, name)), "id": int(t.person_id[i]), "camera": int(t.camera[i]),
         "sequence": int(t.sequence[i]), "frame": int(t.frame[i]), "time": int(t.time[i]),
         "filename": name,
     }
@@ -131,7 +133,7 @@ class Market1501(tfds.core.GeneratorBasedBuilder):
     except AssertionError as e:  # TFDS: manual dir missing or empty.
       raise ManualDataMissingError(f"{e}\n{_INSTRUCTIONS}") from e
     root = find_root(manual_dir, extract=dl_manager.extract)
-    return {split: self._generate_examples(os.path.join(root, folder))
+    return {split: self._generate_examples(files.join(root, folder))
             for split, folder in SPLIT_FOLDERS.items()}
 
   def _generate_examples(self, folder: str):

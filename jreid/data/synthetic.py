@@ -27,13 +27,14 @@ offsets matter exactly as on the real data. No TensorFlow here.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
 import zipfile
 
 import numpy as np
 from PIL import Image
 
+from jreid import files
 from jreid import names as names_lib
 
 ROOT_NAME = "Market-1501-v15.09.15"
@@ -248,9 +249,9 @@ def generate(out_dir: str, params: WorldParams = WorldParams(), make_zip: bool =
   given ``params.seed``. Returns the manifest.
   """
   rng = np.random.default_rng(params.seed)
-  root = os.path.join(out_dir, ROOT_NAME)
+  root = files.join(out_dir, ROOT_NAME)
   for folder in FOLDERS.values():
-    os.makedirs(os.path.join(root, folder), exist_ok=True)
+    files.makedirs(files.join(root, folder))
   positions = np.concatenate([[0.0], np.cumsum(rng.uniform(*params.camera_spacing_m,
                                                              params.num_cameras - 1))])
   cameras = _cameras(rng, params.num_cameras)
@@ -259,6 +260,7 @@ def generate(out_dir: str, params: WorldParams = WorldParams(), make_zip: bool =
   order = rng.permutation(n_ids)  # groups straddle train and test
   speeds: dict[int, float] = {}
   rows = []  # (filename, split, pid, camera, time)
+  encoded: dict[tuple[str, str], bytes] = {}
   used_names: set[str] = set()
 
   def add(split, pid, cam, time, look, part="full"):
@@ -269,7 +271,10 @@ def generate(out_dir: str, params: WorldParams = WorldParams(), make_zip: bool =
       name = _market_name(pid, cam, time, box)
     used_names.add(name)
     img = render(look, cameras[cam - 1], rng, params.image_height, params.image_width, part)
-    Image.fromarray(img).save(os.path.join(root, FOLDERS[split], name), quality=92)
+    buffer = io.BytesIO()
+    Image.fromarray(img).save(buffer, format="JPEG", quality=92)
+    encoded[(split, name)] = buffer.getvalue()
+    files.write_bytes(files.join(root, FOLDERS[split], name), encoded[(split, name)])
     rows.append((name, split, pid, cam, time))
 
   for pid, cam, t, _ in _walks(params, rng, positions, 1, params.num_train_ids, speeds):
@@ -297,12 +302,13 @@ def generate(out_dir: str, params: WorldParams = WorldParams(), make_zip: bool =
       camera=np.array([r[3] for r in rows], np.int64),
       time=np.array([r[4] for r in rows], np.int64),
       camera_position_m=positions, walking_speed=speeds)
-  with open(os.path.join(out_dir, "manifest.json"), "w") as f:
-    f.write(manifest.to_json())
+  files.write_bytes(files.join(out_dir, "manifest.json"), manifest.to_json().encode())
   if make_zip:
-    with zipfile.ZipFile(os.path.join(out_dir, ROOT_NAME + ".zip"), "w") as z:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
       for name, split in zip(manifest.filenames, manifest.split):
-        z.write(os.path.join(root, FOLDERS[split], name), f"{ROOT_NAME}/{FOLDERS[split]}/{name}")
+        z.writestr(f"{ROOT_NAME}/{FOLDERS[split]}/{name}", encoded[(split, name)])
+    files.write_bytes(files.join(out_dir, ROOT_NAME + ".zip"), buffer.getvalue())
   return manifest
 
 
@@ -311,15 +317,13 @@ def generate_if_missing(out_dir: str, params: WorldParams) -> str:
 
   Returns the folder to use as the TFDS manual dir.
   """
-  stamp = os.path.join(out_dir, "world_params.json")
+  stamp = files.join(out_dir, "world_params.json")
   wanted = json.dumps(dataclasses.asdict(params), sort_keys=True)
-  if os.path.exists(stamp):
-    with open(stamp) as f:
-      if f.read() == wanted:
-        return out_dir
+  if files.exists(stamp):
+    if files.read_bytes(stamp).decode() == wanted:
+      return out_dir
     raise ValueError(f"{out_dir!r} holds a synthetic world with other parameters; "
                      f"use another folder or delete it")
   generate(out_dir, params)
-  with open(stamp, "w") as f:
-    f.write(wanted)
+  files.write_bytes(stamp, wanted.encode())
   return out_dir

@@ -1,0 +1,91 @@
+"""File access for local paths and cloud URIs (``gs://...``) alike, through etils.epath.
+
+The workdir, the TFDS data dir, the manual dir, features files and training
+folders may all be ``gs://`` URIs on Cloud TPU; orbax and TFDS already use the
+same layer. Writes are atomic where the file system allows (write then rename).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Any
+
+from etils import epath
+import numpy as np
+
+PathLike = str | os.PathLike
+
+
+def path(p: PathLike) -> epath.Path:
+  return epath.Path(p)
+
+
+def is_remote(p: PathLike) -> bool:
+  return "://" in os.fspath(p)
+
+
+def join(p: PathLike, *parts: str) -> str:
+  return os.fspath(epath.Path(p).joinpath(*parts))
+
+
+def exists(p: PathLike) -> bool:
+  return epath.Path(p).exists()
+
+
+def isdir(p: PathLike) -> bool:
+  return epath.Path(p).is_dir()
+
+
+def isfile(p: PathLike) -> bool:
+  return epath.Path(p).is_file()
+
+
+def makedirs(p: PathLike) -> None:
+  epath.Path(p).mkdir(parents=True, exist_ok=True)
+
+
+def listdir(p: PathLike) -> list[str]:
+  return sorted(child.name for child in epath.Path(p).iterdir())
+
+
+def write_bytes(p: PathLike, data: bytes) -> None:
+  """Writes ``data`` to ``p`` via a temporary file and a rename."""
+  target = epath.Path(p)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = target.parent / (target.name + ".tmp")
+  tmp.write_bytes(data)
+  tmp.replace(target)
+
+
+def read_bytes(p: PathLike) -> bytes:
+  return epath.Path(p).read_bytes()
+
+
+def write_json(p: PathLike, obj: Any) -> None:
+  write_bytes(p, json.dumps(obj, indent=2).encode())
+
+
+def read_json(p: PathLike) -> Any:
+  return json.loads(read_bytes(p))
+
+
+def save_npz(p: PathLike, **arrays: np.ndarray) -> None:
+  """np.savez to a local path (directly) or a URI (through memory)."""
+  if is_remote(p):
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(p, buffer.getvalue())
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
+  tmp = os.fspath(p) + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, p)
+
+
+def load_npz(p: PathLike) -> dict[str, np.ndarray]:
+  """All arrays of an .npz file (local or URI) as a dict."""
+  source = io.BytesIO(read_bytes(p)) if is_remote(p) else os.fspath(p)
+  with np.load(source, allow_pickle=False) as f:
+    return {k: f[k] for k in f.keys()}
