@@ -71,7 +71,8 @@ def load_features(path: str) -> tuple[ImageSet, ImageSet, dict[str, np.ndarray]]
       if not np.all(np.isfinite(v.astype(np.float64))) or np.any(v != np.round(v)):
         raise ValueError(f"{path!r}: {key} must hold whole numbers")
       meta[field] = v.astype(np.int64)
-    bad = ~np.all(np.isfinite(feats), axis=1)
+    bad = np.concatenate([~np.all(np.isfinite(feats[i:i + 65536]), axis=1)
+                          for i in range(0, n, 65536)])
     if bad.any():
       raise ValueError(f"{path!r}: {side}_f has non-finite values (NaN or inf) in "
                        f"{int(bad.sum())} rows, first row {int(np.argmax(bad))}")
@@ -83,6 +84,8 @@ def load_features(path: str) -> tuple[ImageSet, ImageSet, dict[str, np.ndarray]]
                          person_ids=meta["label"], cameras=meta["cam"], times=meta["frames"]))
     if f"{side}_names" in raw:
       extras[f"{side}_names"] = np.asarray(raw[f"{side}_names"]).reshape(-1)
+  if "training_fingerprint" in raw:
+    extras["training_fingerprint"] = raw["training_fingerprint"]
   return sets[0], sets[1], extras
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from typing import Any
 
 from etils import epath
@@ -84,8 +85,39 @@ def save_npz(p: PathLike, **arrays: np.ndarray) -> None:
   os.replace(tmp, p)
 
 
+def aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:
+  """np.empty with the data 64-byte aligned: jax.device_put on CPU then aliases it
+  instead of copying (a 500k x 2048 gallery is 4 GB: one copy, not two)."""
+  nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+  raw = np.empty(nbytes + alignment, np.uint8)
+  offset = (-raw.ctypes.data) % alignment
+  return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
 def load_npz(p: PathLike) -> dict[str, np.ndarray]:
-  """All arrays of an .npz file (local or URI) as a dict."""
+  """All arrays of an .npz file (local or URI) as a dict, each read straight into an
+  aligned buffer (no intermediate copy)."""
   source = io.BytesIO(read_bytes(p)) if is_remote(p) else os.fspath(p)
-  with np.load(source, allow_pickle=False) as f:
-    return {k: f[k] for k in f.keys()}
+  out = {}
+  with zipfile.ZipFile(source) as z:
+    for member in z.namelist():
+      if not member.endswith(".npy"):
+        continue
+      with z.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+        if dtype.hasobject:
+          raise ValueError(f"{os.fspath(p)!r}: {member} holds Python objects; expected "
+                           f"numeric or string arrays")
+        array = aligned_empty(shape[::-1] if fortran else shape, dtype)
+        view = memoryview(array.reshape(-1).view(np.uint8))
+        got = 0
+        while got < len(view):  # in 64 MB pieces: zip members read whole would copy
+          n = f.readinto(view[got:got + (1 << 26)])
+          if not n:
+            raise ValueError(f"{os.fspath(p)!r}: {member} is truncated")
+          got += n
+        out[member[:-4]] = array.T if fortran else array
+  return out

@@ -45,10 +45,12 @@ def fit_st_stage(train: names_lib.NameTable, num_cameras: int, config, workdir: 
   params = st_params(config)
   if files.exists(path):
     model = st_lib.STModel.load(path)
-    if model.params == params and model.num_cameras == num_cameras:
+    fingerprint = st_lib.data_fingerprint(train.person_id, train.camera - 1, train.time)
+    if (model.params == params and model.num_cameras == num_cameras
+        and model.fingerprint == fingerprint):
       logging.info("ST model: reusing %s", path)
       return model
-    logging.info("ST model in %s has other constants; fitting again", path)
+    logging.info("ST model in %s has other constants or training data; fitting again", path)
   start = time.time()
   model = st_lib.fit(train.person_id, train.camera - 1, train.time, num_cameras, params)
   logging.info("ST model: %d identities, %d camera-pair counts, %d beyond the last bin, "

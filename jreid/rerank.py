@@ -203,7 +203,7 @@ def rerank_ranks(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | None
   static = dict(bin_width=int(bin_width), fusion=fusion)
   chunk = min(N, row_chunk or max(8, chunk_elements // N))
   k = min(N, params.k1 + 1)
-  start_time = time.time()
+  start_time = last_log = time.time()
 
   # 1. Nearest neighbours and row maxima, one dense row chunk at a time.
   neighbours = np.empty((N, k), np.int32)
@@ -216,6 +216,10 @@ def rerank_ranks(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | None
                                   pad(everything.times), items, table, k=k, **static)
     neighbours[s:e] = np.asarray(idx)[:e - s]
     row_max[s:e] = np.asarray(mx)[:e - s]
+    if time.time() - last_log > 10 and e < N:
+      rate = e / (time.time() - start_time)
+      logging.info("rerank: neighbours of %d/%d items, ETA %.0f s", e, N, (N - e) / rate)
+      last_log = time.time()
   logging.info("rerank: neighbours of %d items in %.1f s", N, time.time() - start_time)
 
   # 2. Weights V[i, j] = exp(-d(i, j) / max_i) / sum over R*(i).

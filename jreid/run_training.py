@@ -9,7 +9,9 @@ Imports TensorFlow (through ``jreid.data``); the evaluate-from-features job does
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
+import json
 import os
 import time
 
@@ -112,19 +114,36 @@ def ranked_list_picture(config, builder, query, gallery, st_model, path: str) ->
       titles=[f"id {p} c{c}" for p, c in zip(q.person_ids, q.cameras)])
 
 
+# Fields that do not change the trained model or its features.
+_NOT_TRAINING = ("st", "fusion", "eval", "rerank", "rerank_k1", "rerank_k2", "rerank_lambda",
+                 "features", "train_dir", "grammar", "ranked_list_queries", "log_every_steps",
+                 "checkpoint_every_steps", "keep_checkpoints", "data_dir", "manual_dir")
+
+
+def training_fingerprint(config: ml_collections.ConfigDict) -> str:
+  """A digest of the config fields that shape the trained model and its features."""
+  fields = {k: v for k, v in config.to_dict().items() if k not in _NOT_TRAINING}
+  return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) every stage; returns the results dict (also in results.json)."""
   builder = prepare_data(config, workdir)
   mesh = train_lib.make_mesh()
   features_path = files.join(workdir, FEATURES_FILE)
+  fingerprint = training_fingerprint(config)
+  reuse = False
   if files.exists(features_path):
-    logging.info("features: reusing %s", features_path)
-    query, gallery, _ = feature_files.load_features(features_path)
-  else:
+    query, gallery, extras = feature_files.load_features(features_path)
+    reuse = str(extras.get("training_fingerprint", "")) == fingerprint
+    logging.info("features: %s %s", "reusing" if reuse else
+                 "training settings changed since", features_path)
+  if not reuse:
     result = train_stage(config, workdir, builder, mesh)
     query, gallery = extract_stage(config, builder, result, mesh)
     if pipeline.is_main_process():
-      feature_files.save_features(features_path, query, gallery)
+      feature_files.save_features(features_path, query, gallery,
+                                  training_fingerprint=np.asarray(fingerprint))
   records = data_pipeline.read_records(builder, "train")
   train_names = names_lib.NameTable(
       names=tuple(records["filename"].astype(str)), person_id=records["id"],

@@ -24,7 +24,7 @@ class FusionParams:
 
 
 def l2_normalise_features(features: np.ndarray, num_parts: int = 1,
-                          chunk: int = 65536) -> np.ndarray:
+                          chunk: int = 16384) -> np.ndarray:
   """Per-part then whole-vector L2 normalisation, as the reference (float32, in chunks).
 
   With P parts each part of the [N, D] features (D = P * d) is L2-normalised, then

@@ -15,6 +15,7 @@ frames to get there. The diagonal (same camera) is zero.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 
@@ -62,12 +63,14 @@ class STModel:
     num_pair_counts: (identity, camera pair) counts that went into the histograms.
     num_out_of_range: counts whose time difference fell beyond the last bin (left out
       of the histograms and reported here, as the reference would have crashed).
+    fingerprint: digest of the training (id, camera, time) arrays it was fitted on.
   """
   table: np.ndarray
   params: STParams
   num_identities: int = 0
   num_pair_counts: int = 0
   num_out_of_range: int = 0
+  fingerprint: str = ""
 
   @property
   def num_cameras(self) -> int:
@@ -77,7 +80,7 @@ class STModel:
     """Writes ``path`` (.npz, local or gs://) with the table and its metadata as JSON."""
     meta = dict(params=dataclasses.asdict(self.params), num_identities=self.num_identities,
                 num_pair_counts=self.num_pair_counts,
-                num_out_of_range=self.num_out_of_range)
+                num_out_of_range=self.num_out_of_range, fingerprint=self.fingerprint)
     files.save_npz(path, table=self.table, meta=np.asarray(json.dumps(meta)))
 
   @classmethod
@@ -196,4 +199,13 @@ def fit(person_ids: np.ndarray, cameras: np.ndarray, times: np.ndarray,
   prob = normalise_bins(smooth_bins(prob, params.sigma, params.truncate), params.eps)
   return STModel(table=prob, params=params,
                  num_identities=len(np.unique(np.asarray(person_ids))),
-                 num_pair_counts=used, num_out_of_range=out)
+                 num_pair_counts=used, num_out_of_range=out,
+                 fingerprint=data_fingerprint(person_ids, cameras, times))
+
+
+def data_fingerprint(*arrays: np.ndarray) -> str:
+  """A digest of the training arrays, to tell whether a saved model fits them."""
+  digest = hashlib.sha1()
+  for a in arrays:
+    digest.update(np.ascontiguousarray(np.asarray(a, np.int64)).tobytes())
+  return digest.hexdigest()

@@ -100,10 +100,13 @@ def test_npz_and_reuse_of_st_model(tmp_path):
   np.savez(features, **arrays)
   workdir = str(tmp_path / "w")
   first = pipeline.run(_config(features, train_dir), workdir)
+  assert set(first) == {"visual", "st", "visual_rerank", "st_rerank"}
   mtime = os.path.getmtime(os.path.join(workdir, "st_model.npz"))
   second = pipeline.run(_config(features, train_dir), workdir)
   assert first == second
   assert os.path.getmtime(os.path.join(workdir, "st_model.npz")) == mtime
+  without = pipeline.run(_config(features, train_dir, rerank=False), workdir)
+  assert set(without) == {"visual", "st"} and without["st"] == first["st"]
 
 
 @pytest.mark.parametrize("mutate, message", [
