@@ -1,9 +1,7 @@
 """TFDS builder, synthetic world and tf.data pipelines on a tiny generated world."""
 
-import io
 import os
 import shutil
-import zipfile
 
 import numpy as np
 import pytest

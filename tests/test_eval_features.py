@@ -13,7 +13,6 @@ import numpy_reference
 from experiments import eval_features
 from jreid import names
 from jreid import pipeline
-from jreid import scoring
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
