@@ -38,6 +38,10 @@ def main(argv):
   from jreid import distributed  # pylint: disable=g-import-not-at-top
   distributed.maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address,
                                FLAGS.num_processes, FLAGS.process_id)
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() > 0:  # the log of record comes from process 0
+    logging.set_verbosity(logging.WARNING)
+    std_logging.getLogger().setLevel(std_logging.WARNING)
   from jreid import pipeline  # pylint: disable=g-import-not-at-top
   logging.info("config:\n%s", FLAGS.config)
   pipeline.run(FLAGS.config, FLAGS.workdir)

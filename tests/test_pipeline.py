@@ -96,6 +96,7 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
   assert "2 devices (2 processes)" in outs[0][1]
   # Results and tables are written by process 0 only.
   assert "rank-1" in outs[0][0] and "rank-1" not in outs[1][0]
+  assert "steps/s" in outs[0][1] and "steps/s" not in outs[1][1]
   a, b = np.load(single / "features.npz"), np.load(multi / "features.npz")
   assert a.files == b.files
   for k in a.files:
