@@ -1,7 +1,7 @@
 """Benchmark: k-reciprocal re-ranking, jreid (chunked, sparse) vs the dense approach.
 
   python benchmarks/rerank.py [--queries=3368 --gallery=19732 --dims=2048]
-                              [--dense_queries=500 --dense_gallery=2500]
+                              [--dense_queries=1000 --dense_gallery=7000]
 
 1. Both on a reduced problem (dense: the published code path, an [N, N] matrix
    and Python loops), timed in this process, peak memory from tracemalloc-free
