@@ -4,8 +4,8 @@
                               [--dense_queries=1000 --dense_gallery=7000]
 
 1. Both on a reduced problem (dense: the published code path, an [N, N] matrix
-   and Python loops), timed in this process, peak memory from tracemalloc-free
-   RSS deltas; checks that both give the same ranking metrics.
+   and Python loops), each in its own process, with time, peak RSS and its growth;
+   checks that both give the same ranking metrics.
 2. jreid alone at Market-1501 scale (the dense one needs > 15 GB and ~30 min),
    in a child process, with its peak RSS.
 """
