@@ -25,12 +25,6 @@ sys.path.insert(0, ROOT)
 from jreid import names  # pylint: disable=g-import-not-at-top
 
 
-def _market_name(pid, cam, t, box):
-  seq, frame = names.split_global_time(cam, int(t))
-  prefix = "-1" if pid < 0 else f"{pid:04d}"
-  return f"{prefix}_c{cam}s{seq}_{frame:06d}_{box:02d}.jpg"
-
-
 def make_world(out, queries, gallery, train, ids, dims, distractors, seed=0, noise=4.0):
   """Identities walk camera routes; features = identity centre + noise (visual mAP well
   below 1 at 2048-d, so that rankings are not trivial)."""
@@ -48,7 +42,7 @@ def make_world(out, queries, gallery, train, ids, dims, distractors, seed=0, noi
 
   pid, cam, t = sample(train, 1)
   for i, (p, c, tt) in enumerate(zip(pid, cam, t)):
-    open(os.path.join(train_dir, _market_name(p, c, tt, i % 100)), "wb").close()
+    open(os.path.join(train_dir, names.market_name(int(p), int(c), int(tt), i % 100)), "wb").close()
   centres = rng.standard_normal((ids + 1, dims), dtype=np.float32)
   arrays = {}
   for side, n in (("query", queries), ("gallery", gallery)):

@@ -70,9 +70,8 @@ def _chunk_ranks(query_features, query_cameras, query_times, gallery_features,
   visual = scoring.cosine_scores(query_features, gallery_features)
   ranks = [metrics.good_item_ranks(visual, good_index, junk_index, global_junk)]
   if st_table is not None:
-    prob = scoring.st_probabilities(st_table, bin_width, query_cameras, query_times,
-                                    gallery_cameras, gallery_times)
-    joint = scoring.joint_scores(visual, prob, fusion)
+    joint = scoring.fused_scores(visual, st_table, bin_width, fusion, query_cameras,
+                                 query_times, gallery_cameras, gallery_times)
     ranks.append(metrics.good_item_ranks(joint, good_index, junk_index, global_junk))
   return jnp.stack(ranks)
 
@@ -85,7 +84,9 @@ def auto_query_chunk(num_queries: int, gallery_size: int, chunk_elements: int) -
   return max(1, min(rows, num_queries))
 
 
-def _pad_rows(x: np.ndarray, rows: int, value) -> np.ndarray:
+def pad_rows(x: np.ndarray, rows: int, value) -> np.ndarray:
+  """x [n, ...] padded with ``value`` to [rows, ...] (one shape for every chunk)."""
+  x = np.asarray(x)
   if len(x) == rows:
     return x
   pad = np.full((rows - len(x),) + x.shape[1:], value, dtype=x.dtype)
@@ -127,7 +128,7 @@ def evaluate(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | None = N
   start_time, last_log = time.time(), time.time()
   for start in range(0, Q, chunk):
     stop = min(Q, start + chunk)
-    rows = lambda x, v: _pad_rows(np.asarray(x[start:stop]), chunk, v)
+    rows = lambda x, v: pad_rows(x[start:stop], chunk, v)
     out = _chunk_ranks(
         jnp.asarray(rows(query.features, 0.0), jnp.float32),
         jnp.asarray(rows(query.cameras - 1, 0), jnp.int32),
@@ -150,14 +151,11 @@ def top_k_gallery(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | Non
   """int [Q, k]: the best k gallery indices per query after junk removal (joint score if
   st_table is given, else visual). For ranked-list pictures of a few queries."""
   good, junk = match_lists(query.person_ids, query.cameras, gallery.person_ids, gallery.cameras)
-  scores = scoring.cosine_scores(jnp.asarray(query.features), jnp.asarray(gallery.features))
-  if st_table is not None:
-    prob = scoring.st_probabilities(jnp.asarray(st_table, jnp.float32), bin_width,
-                                    jnp.asarray(query.cameras - 1, jnp.int32),
-                                    jnp.asarray(query.times, jnp.int32),
-                                    jnp.asarray(gallery.cameras - 1, jnp.int32),
-                                    jnp.asarray(gallery.times, jnp.int32))
-    scores = scoring.joint_scores(scores, prob, fusion)
+  scores = scoring.fused_scores(
+      scoring.cosine_scores(jnp.asarray(query.features), jnp.asarray(gallery.features)),
+      None if st_table is None else jnp.asarray(st_table, jnp.float32), bin_width, fusion,
+      jnp.asarray(query.cameras - 1, jnp.int32), jnp.asarray(query.times, jnp.int32),
+      jnp.asarray(gallery.cameras - 1, jnp.int32), jnp.asarray(gallery.times, jnp.int32))
   scores = np.array(scores)
   scores[:, gallery.person_ids == -1] = -np.inf
   rows = np.repeat(np.arange(len(query)), junk.shape[1])

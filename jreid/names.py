@@ -115,6 +115,13 @@ def split_global_time(camera: int, time: int, name: str = "") -> tuple[int, int]
   return seq, time - offsets[seq - 1]
 
 
+def market_name(person_id: int, camera: int, time: int, box: int = 1) -> str:
+  """The Market-1501 file name of a box at global ``time``: the inverse of ``parse_name``."""
+  sequence, frame = split_global_time(camera, time)
+  prefix = "-1" if person_id < 0 else f"{person_id:04d}"
+  return f"{prefix}_c{camera}s{sequence}_{frame:06d}_{box:02d}.jpg"
+
+
 def parse_name(name: str, grammar: str | None = None) -> ParsedName:
   """Parses one image file name (a path is fine: only its base name is read).
 

@@ -34,6 +34,7 @@ import scipy.sparse
 from jreid import metrics
 from jreid import scoring
 from jreid.evaluate import ImageSet
+from jreid.evaluate import pad_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +60,8 @@ class _Items(NamedTuple):
 
 def _scores(a_features, a_cameras, a_times, b_features, b_cameras, b_times, st_table,
             bin_width, fusion):
-  visual = scoring.cosine_scores(a_features, b_features)
-  if st_table is None:
-    return visual
-  prob = scoring.st_probabilities(st_table, bin_width, a_cameras, a_times, b_cameras, b_times)
-  return scoring.joint_scores(visual, prob, fusion)
+  return scoring.fused_scores(scoring.cosine_scores(a_features, b_features), st_table,
+                              bin_width, fusion, a_cameras, a_times, b_cameras, b_times)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "bin_width", "fusion"))
@@ -258,11 +256,9 @@ def rerank_ranks(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | None
   for s in range(0, Q, q_chunk):
     e = min(Q, s + q_chunk)
     n = e - s
-    padded = lambda x, v: np.concatenate([np.asarray(x)[s:e],
-                                          np.full((q_chunk - n,) + np.asarray(x).shape[1:], v,
-                                                  np.asarray(x).dtype)])
+    padded = lambda x, v: pad_rows(np.asarray(x)[s:e], q_chunk, v)
     jac = jaccard_block(V[s:e], v_by_column, Q, N)
-    jac = np.concatenate([jac, np.ones((q_chunk - n, G), np.float32)])
+    jac = pad_rows(jac, q_chunk, 1.0)
     out = _final_ranks(
         jnp.asarray(padded(query.features, 0.0)), jnp.asarray(padded(query.cameras - 1, 0)),
         jnp.asarray(padded(query.times, 0)), jnp.asarray(padded(row_max[:Q], 1.0)),

@@ -101,3 +101,14 @@ def joint_scores(visual: jax.Array, st_prob: jax.Array, fusion: FusionParams) ->
   """f(s; lambda_v, gamma_v) * f(p; lambda_st, gamma_st); larger is more similar."""
   return (logistic(visual, fusion.visual_lambda, fusion.visual_gamma)
           * logistic(st_prob, fusion.st_lambda, fusion.st_gamma))
+
+
+def fused_scores(visual: jax.Array, st_table: jax.Array | None, bin_width: int,
+                 fusion: FusionParams, query_cameras: jax.Array, query_times: jax.Array,
+                 gallery_cameras: jax.Array, gallery_times: jax.Array) -> jax.Array:
+  """[Q, G] visual scores, fused with the ST prior when ``st_table`` is given."""
+  if st_table is None:
+    return visual
+  prob = st_probabilities(st_table, bin_width, query_cameras, query_times, gallery_cameras,
+                          gallery_times)
+  return joint_scores(visual, prob, fusion)

@@ -17,12 +17,6 @@ from jreid import pipeline
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _market_name(pid, cam, time, box=1):
-  seq, frame = names.split_global_time(cam, time)
-  return f"{pid:04d}_c{cam}s{seq}_{frame:06d}_{box:02d}.jpg" if pid >= 0 else \
-      f"-1_c{cam}s{seq}_{frame:06d}_{box:02d}.jpg"
-
-
 def make_case(tmp_path, seed=0, n_ids=30, dims=12):
   """Ids walk cameras 1 -> 2 -> 3 with ~2000-frame transits; appearance is noisy."""
   rng = np.random.default_rng(seed)
@@ -32,7 +26,7 @@ def make_case(tmp_path, seed=0, n_ids=30, dims=12):
     return [(cam, int(start + (cam - 1) * 2000 + rng.integers(-300, 300))) for cam in (1, 2, 3)]
   for pid in range(1, n_ids + 1):
     for cam, t in visits(pid, rng.integers(1000, 400_000)):
-      (train_dir / _market_name(pid, cam, t)).write_bytes(b"")
+      (train_dir / names.market_name(pid, cam, t)).write_bytes(b"")
   (train_dir / "Thumbs.db").write_bytes(b"")
   centres = rng.normal(size=(n_ids + 1, dims))
   q, g = {k: [] for k in "fict"}, {k: [] for k in "fict"}

@@ -32,6 +32,13 @@ def test_parse_name(name, expected):
   assert (p.person_id, p.camera, p.sequence, p.frame, p.time, p.grammar) == expected
 
 
+def test_market_name_is_the_inverse_of_parse_name():
+  assert names.market_name(2, 1, 72681 + 451, 3) == "0002_c1s2_000451_03.jpg"
+  assert names.market_name(-1, 6, 314636 + 7) == "-1_c6s4_000007_01.jpg"
+  p = names.parse_name(names.market_name(1500, 5, 322819 + 65012, 2))
+  assert (p.person_id, p.camera, p.sequence, p.frame, p.time) == (1500, 5, 3, 65012, 387831)
+
+
 def test_renamed_round_trip_for_every_sequence():
   for cam, offsets in names.MARKET_SEQUENCE_OFFSETS.items():
     for seq, _ in enumerate(offsets, start=1):

@@ -197,7 +197,8 @@ class TrainData:
 
   def _shard_dataset(self, shard: int, epoch: int, first_step: int) -> tf.data.Dataset:
     labels, b = self.labels[shard], self.shard_batch
-    order = epoch_order(labels, self.seed * 7919 + shard, epoch, self.sampler,
+    shard_seed = self.seed * 7919 + shard
+    order = epoch_order(labels, shard_seed, epoch, self.sampler,
                         self.ids_per_batch, self.images_per_id,
                         b if self.sampler == "pk" else 0)
     order = order[:self.steps_per_epoch * b]
@@ -205,7 +206,7 @@ class TrainData:
     order, slot = order[first_step * b:], slot[first_step * b:]
     ds = tf.data.Dataset.from_tensor_slices({
         "encoded": self.records[shard]["image"][order], "label": labels[order],
-        "seed": np.stack([np.full_like(slot, self.seed * 7919 + shard), slot * 4], axis=1)})
+        "seed": np.stack([np.full_like(slot, shard_seed), slot * 4], axis=1)})
     size, augment = self.image_size, self.augment
     ds = ds.map(lambda ex: {"image": train_preprocess(ex["encoded"], ex["seed"], size, augment),
                             "label": ex["label"]},

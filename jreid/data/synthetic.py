@@ -210,12 +210,6 @@ def render(look: _Look | None, camera: _Camera, rng: np.random.Generator, height
   return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
-def _market_name(pid: int, camera: int, time: int, box: int) -> str:
-  seq, frame = names_lib.split_global_time(camera, time)
-  prefix = "-1" if pid < 0 else f"{pid:04d}"
-  return f"{prefix}_c{camera}s{seq}_{frame:06d}_{box:02d}.jpg"
-
-
 def _walks(params: WorldParams, rng: np.random.Generator, positions: np.ndarray,
            first_id: int, num_ids: int, speeds: dict[int, float]):
   """Yields (pid, camera 1-based, time, visit index) for every box of every walk."""
@@ -265,10 +259,10 @@ def generate(out_dir: str, params: WorldParams = WorldParams(), make_zip: bool =
 
   def add(split, pid, cam, time, look, part="full"):
     box = 1
-    name = _market_name(pid, cam, time, box)
+    name = names_lib.market_name(pid, cam, time, box)
     while name in used_names:
       box += 1
-      name = _market_name(pid, cam, time, box)
+      name = names_lib.market_name(pid, cam, time, box)
     used_names.add(name)
     img = render(look, cameras[cam - 1], rng, params.image_height, params.image_width, part)
     buffer = io.BytesIO()
