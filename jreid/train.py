@@ -258,35 +258,37 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches: Callable[[in
   it = batches(start)
   last_time, last_step, first_time = time.time(), start, time.time()
   metrics = None
+  schedule = learning_rate(config.optimizer.lr, steps_per_epoch, config.optimizer.decay_epochs,
+                           config.optimizer.decay, config.optimizer.warmup_epochs)
+  # However the loop ends (finished, preempted, interrupted), checkpoints in flight
+  # are completed before returning or raising.
   with _PreemptionFlag() as flag:
-    for step in range(start, total):
-      batch = to_global(next(it), sharding)
-      state, metrics = step_fn(state, batch, jnp.int32(step))
-      done = step + 1
-      if done % config.log_every_steps == 0 or done == total:
-        m = jax.device_get(metrics)
-        now = time.time()
-        rate = (done - last_step) / max(now - last_time, 1e-9)
-        eta = (total - done) / rate if rate > 0 else float("nan")
-        lr = float(learning_rate(config.optimizer.lr, steps_per_epoch,
-                                 config.optimizer.decay_epochs, config.optimizer.decay,
-                                 config.optimizer.warmup_epochs)(step))
-        logging.info("step %d/%d  epoch %.2f  loss %.4f  acc %.3f  lr %.2g  %.2f steps/s  "
-                     "%.1f images/s  ETA %.0f s", done, total, done / steps_per_epoch,
-                     m["loss"], m["accuracy"], lr, rate, rate * config.batch_size, eta)
-        writer.scalars(done, {"train/loss": float(m["loss"]),
-                              "train/accuracy": float(m["accuracy"]),
-                              "train/learning_rate": lr, "train/steps_per_s": rate,
-                              "train/images_per_s": rate * config.batch_size})
-        last_time, last_step = now, done
-      preempted = flag.raised or mngr.reached_preemption(done)
-      mngr.save(done, args=ocp.args.StandardSave(nnx.to_pure_dict(state)),
-                force=preempted or done == total)
-      if preempted:
-        mngr.wait_until_finished()
-        writer.close()
-        raise Preempted(f"preempted at step {done}; run the same command to resume")
-  mngr.wait_until_finished()
-  writer.close()
+    try:
+      for step in range(start, total):
+        batch = to_global(next(it), sharding)
+        state, metrics = step_fn(state, batch, jnp.int32(step))
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == total:
+          m = jax.device_get(metrics)
+          now = time.time()
+          rate = (done - last_step) / max(now - last_time, 1e-9)
+          eta = (total - done) / rate if rate > 0 else float("nan")
+          lr = float(schedule(step))
+          logging.info("step %d/%d  epoch %.2f  loss %.4f  acc %.3f  lr %.2g  %.2f steps/s  "
+                       "%.1f images/s  ETA %.0f s", done, total, done / steps_per_epoch,
+                       m["loss"], m["accuracy"], lr, rate, rate * config.batch_size, eta)
+          writer.scalars(done, {"train/loss": float(m["loss"]),
+                                "train/accuracy": float(m["accuracy"]),
+                                "train/learning_rate": lr, "train/steps_per_s": rate,
+                                "train/images_per_s": rate * config.batch_size})
+          last_time, last_step = now, done
+        preempted = flag.raised or mngr.reached_preemption(done)
+        mngr.save(done, args=ocp.args.StandardSave(nnx.to_pure_dict(state)),
+                  force=preempted or done == total)
+        if preempted:
+          raise Preempted(f"preempted at step {done}; run the same command to resume")
+    finally:
+      mngr.wait_until_finished()
+      writer.close()
   logging.info("training: %d steps in %.0f s", total - start, time.time() - first_time)
   return TrainResult(graphdef, state, total)
