@@ -67,11 +67,11 @@ def _scores(a_features, a_cameras, a_times, b_features, b_cameras, b_times, st_t
 @functools.partial(jax.jit, static_argnames=("k", "bin_width", "fusion"))
 def _neighbour_chunk(rows_features, rows_cameras, rows_times, items: _Items, st_table, *,
                      k, bin_width, fusion):
-  """For a chunk of rows: (k nearest indices [R, k], their distances [R, k], row max [R])."""
+  """For a chunk of rows: (k nearest indices [R, k], row max of the distances [R])."""
   dist = 2.0 - 2.0 * _scores(rows_features, rows_cameras, rows_times, items.features,
                              items.cameras, items.times, st_table, bin_width, fusion)
-  neg, index = jax.lax.top_k(-dist, k)  # equal values: lower index first
-  return index.astype(jnp.int32), -neg, dist.max(axis=1)
+  _, index = jax.lax.top_k(-dist, k)  # equal values: lower index first
+  return index.astype(jnp.int32), dist.max(axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("bin_width", "fusion"))
@@ -210,7 +210,7 @@ def rerank_ranks(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | None
     e = min(N, s + chunk)
     # The last chunk is padded with the first rows (results dropped) to keep one shape.
     pad = lambda x: jnp.asarray(np.concatenate([x[s:e], x[:chunk - (e - s)]]))
-    idx, _, mx = _neighbour_chunk(pad(everything.features), pad(everything.cameras - 1),
+    idx, mx = _neighbour_chunk(pad(everything.features), pad(everything.cameras - 1),
                                   pad(everything.times), items, table, k=k, **static)
     neighbours[s:e] = np.asarray(idx)[:e - s]
     row_max[s:e] = np.asarray(mx)[:e - s]

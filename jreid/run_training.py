@@ -1,8 +1,9 @@
 """The whole job: data -> train -> extract -> fit ST -> evaluate, each stage resumable.
 
 A finished stage is not redone: training resumes from its latest checkpoint and
-is skipped once complete; extraction is skipped when ``features.npz`` holds the
-features of the final step; the ST model is reused when its constants match.
+is skipped once complete; training and extraction are skipped when
+``features.npz`` was written under the same training settings (a config digest);
+the ST model is reused when its constants and training data match.
 Imports TensorFlow (through ``jreid.data``); the evaluate-from-features job does not.
 """
 
@@ -39,13 +40,13 @@ FEATURES_FILE = "features.npz"
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str):
   """The prepared market1501 builder: the real data, or the synthetic world."""
-  data_dir = config.data_dir or (os.path.join(workdir, "tfds") if config.dataset == "synthetic"
+  data_dir = config.data_dir or (files.join(workdir, "tfds") if config.dataset == "synthetic"
                                  else os.path.expanduser("~/tensorflow_datasets"))
   manual_dir = config.manual_dir or None
   if config.dataset == "synthetic":
     params = synthetic.WorldParams(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
                                       for k, v in config.synthetic.to_dict().items()})
-    manual_dir = manual_dir or os.path.join(workdir, "synthetic_world")
+    manual_dir = manual_dir or files.join(workdir, "synthetic_world")
     if jax.process_index() == 0:
       start = time.time()
       synthetic.generate_if_missing(manual_dir, params)

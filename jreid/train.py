@@ -257,7 +257,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches: Callable[[in
   sharding = data_sharding(mesh)
   it = batches(start)
   last_time, last_step, first_time = time.time(), start, time.time()
-  metrics = None
   schedule = learning_rate(config.optimizer.lr, steps_per_epoch, config.optimizer.decay_epochs,
                            config.optimizer.decay, config.optimizer.warmup_epochs)
   # However the loop ends (finished, preempted, interrupted), checkpoints in flight
