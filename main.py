@@ -35,8 +35,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from jreid import distributed  # pylint: disable=g-import-not-at-top
-  distributed.maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address,
+  from jreid import sharding  # pylint: disable=g-import-not-at-top
+  sharding.maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address,
                                FLAGS.num_processes, FLAGS.process_id)
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() > 0:  # the log of record comes from process 0
