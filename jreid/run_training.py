@@ -60,17 +60,20 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str):
   return market1501.prepare(data_dir, manual_dir)
 
 
-def _augment(config) -> data_pipeline.AugmentParams:
-  a = config.augment
-  return data_pipeline.AugmentParams(flip=a.flip, erase_probability=a.erase_probability,
-                                     erase_area=tuple(a.erase_area),
-                                     erase_min_aspect=a.erase_min_aspect)
+def transfer_size(config) -> tuple[int, int]:
+  """uint8 size of the boxes sent to the device: config.transfer_size when set, else the
+  synthetic world's box, else Market's 128 x 64."""
+  if config.get("transfer_size"):
+    return tuple(config.transfer_size)
+  if config.dataset == "synthetic":
+    return (config.synthetic.image_height, config.synthetic.image_width)
+  return data_pipeline.TRANSFER_SIZE
 
 
 def train_stage(config, workdir, builder, mesh) -> train_lib.TrainResult:
   data = data_pipeline.TrainData(
-      builder, config.batch_size, tuple(config.image_size), seed=config.seed,
-      augment=_augment(config), sampler=config.sampler, ids_per_batch=config.ids_per_batch,
+      builder, config.batch_size, transfer_size(config), seed=config.seed,
+      sampler=config.sampler, ids_per_batch=config.ids_per_batch,
       images_per_id=config.images_per_id, num_shards=config.data_shards)
   logging.info("train split: %d identities, %d images in this process (shards %s of %d), "
                "%d steps per epoch", data.num_classes, data.num_images, data.shards,
@@ -82,15 +85,18 @@ def train_stage(config, workdir, builder, mesh) -> train_lib.TrainResult:
 def extract_stage(config, builder, result: train_lib.TrainResult, mesh):
   """Query and gallery features (normalised) of the trained model."""
   step = features_lib.make_extract_step(result.graphdef, mesh, train_lib.data_sharding(mesh),
-                                        train_lib.replicated(mesh))
+                                        train_lib.replicated(mesh), tuple(config.image_size))
   sets = []
   for split in ("query", "gallery"):
     start = time.time()
     batches, n = data_pipeline.eval_batches(builder, split, config.eval_batch_size,
-                                            tuple(config.image_size))
-    sets.append(features_lib.extract(step, result.state, batches, n, data_pipeline.to_global,
-                                     train_lib.data_sharding(mesh), config.model.parts,
-                                     log=logging.info))
+                                            transfer_size(config))
+    rec = features_lib.extract(step, result.state, batches, n, data_pipeline.to_global,
+                               train_lib.data_sharding(mesh), config.model.parts,
+                               log=logging.info)
+    # Until the evaluation reads Records: the old ImageSet, cameras 1-based.
+    sets.append(evaluation.ImageSet(features=rec.features, person_ids=rec.person_ids,
+                                    cameras=rec.cameras + 1, times=rec.times))
     logging.info("extract: %s, %d images in %.1f s", split, len(sets[-1]), time.time() - start)
   return sets
 

@@ -100,7 +100,7 @@ def test_loss_goes_down(builder, tmp_path):
   opt = nnx.Optimizer(model, train.make_optimizer(config, data.steps_per_epoch), wrt=nnx.Param)
   graphdef, state = nnx.split((model, opt))
   state = jax.device_put(state, train.replicated(mesh))
-  step_fn = train.make_train_step(graphdef, mesh, 0)
+  step_fn = train.make_train_step(graphdef, mesh, 0, tuple(config.image_size))
   losses = []
   it = data.batches(0)
   for step in range(8 * data.steps_per_epoch):

@@ -1,12 +1,18 @@
-"""tf.data input pipelines: per-process shards in, global sharded jax.Arrays out.
+"""Input pipelines: per-process shards in, uint8 batches at the transfer size out.
 
-Train: this process's shard of ``train`` (``tfds.split_for_jax_process``) is held
-encoded in memory (Market-1501's 12,936 JPEGs are ~65 MB); each epoch's order is a
-pure function of (seed, epoch), and every augmentation draws from stateless
-random ops keyed by (seed, epoch, position), so a run resumed at step s sees
-exactly the batches it would have seen. Decode, bicubic resize, horizontal flip,
-ImageNet normalisation and random erasing (Zhong et al., the reference's
-parameters) run in parallel tf.data maps.
+The host decodes and sends; the accelerator resizes, augments and normalises
+(``jreid.augment``, inside the jitted step). Every image crosses as uint8 at one
+fixed transfer size (Market's native 128 x 64: 24,576 bytes, against 884,736 for
+a float32 384 x 192 model input); boxes of another size get a cheap uint8
+bilinear resize on the host, once, where they are decoded.
+
+Train: this process's shards of ``train`` (``tfds.split_for_jax_process``) are
+decoded once (tf.data, parallel) into uint8 arrays held in host memory (Market's
+12,936 train boxes: 318 MB); each step's batch is then a numpy gather. Each
+epoch's order is a pure function of (seed, epoch), so the batch of step s is a
+pure function of (seed, s) and a run resumed at step s sees exactly the batches
+it would have seen. The augmentation draws are made on the device from (seed,
+step, position in the global batch), so nothing but pixels and labels crosses.
 
 Eval: every example of a split exactly once across all processes and devices:
 ``tfds.even_splits`` per process, padded to the same number of batches with
@@ -17,7 +23,6 @@ Only this package imports TensorFlow.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Iterator
 
@@ -26,71 +31,54 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from jreid import sharding
+
+TRANSFER_SIZE = (128, 64)  # Market-1501's box: height, width
 
 
-@dataclasses.dataclass(frozen=True)
-class AugmentParams:
-  """Training augmentation (reference: flip, random erasing p 0.5, area 0.02-0.4, aspect from 0.3)."""
-  flip: bool = True
-  erase_probability: float = 0.5
-  erase_area: tuple[float, float] = (0.02, 0.4)
-  erase_min_aspect: float = 0.3
-  erase_attempts: int = 10
+def fit_to_transfer_size(image: tf.Tensor, transfer_size: tuple[int, int]) -> tf.Tensor:
+  """uint8 [h, w, 3] -> uint8 [H, W, 3]: unchanged when already H x W, else bilinear
+  (antialiased when shrinking), rounded to the nearest level."""
+  H, W = transfer_size
+  shape = tf.shape(image)
+
+  def resize():
+    out = tf.image.resize(tf.cast(image, tf.float32), (H, W), method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+  same = tf.logical_and(tf.equal(shape[0], H), tf.equal(shape[1], W))
+  return tf.ensure_shape(tf.cond(same, lambda: image, resize), [H, W, 3])
 
 
-def _resize(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
-  """uint8 [h, w, 3] -> float32 [H, W, 3] in [0, 1], bicubic resize (as the reference)."""
-  image = tf.image.resize(tf.cast(image, tf.float32), image_size, method="bicubic")
-  return tf.clip_by_value(image, 0.0, 255.0) / 255.0
+def decode_images(encoded: np.ndarray, transfer_size: tuple[int, int] = TRANSFER_SIZE,
+                  names: np.ndarray | None = None) -> np.ndarray:
+  """JPEG bytes [N] -> uint8 [N, H, W, 3] at the transfer size (tf.data, in parallel).
 
-
-def _decode_resize(encoded: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
-  return _resize(tf.io.decode_jpeg(encoded, channels=3), image_size)
-
-
-def _normalise(image: tf.Tensor) -> tf.Tensor:
-  return (image - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
-
-
-def random_erasing(image: tf.Tensor, seed: tf.Tensor, params: AugmentParams) -> tf.Tensor:
-  """Zhong et al.'s random erasing with fill 0, from stateless randomness.
-
-  With probability p, up to ``erase_attempts`` rectangles (area fraction in
-  ``erase_area``, aspect in [r, 1/r]) are drawn; the first that fits is zeroed.
+  ``names`` (the file names) only make a decoding error name its image.
   """
-  H, W = image.shape[0], image.shape[1]
-  n = params.erase_attempts
-  u = tf.random.stateless_uniform([4 * n + 1], seed=seed)
-  area = (params.erase_area[0] + (params.erase_area[1] - params.erase_area[0]) * u[:n]) * H * W
-  r = params.erase_min_aspect
-  aspect = r + (1.0 / r - r) * u[n:2 * n]
-  h = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
-  w = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
-  fits = (h < H) & (w < W)
-  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
-  h, w = h[first], w[first]
-  top = tf.cast(tf.floor(u[2 * n + first] * tf.cast(H - h + 1, tf.float32)), tf.int32)
-  left = tf.cast(tf.floor(u[3 * n + first] * tf.cast(W - w + 1, tf.float32)), tf.int32)
-  do = tf.reduce_any(fits) & (u[4 * n] < params.erase_probability)
-  rows = tf.range(H)[:, None]
-  cols = tf.range(W)[None, :]
-  inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w) & do
-  return tf.where(inside[:, :, None], tf.zeros_like(image), image)
-
-
-def train_preprocess(encoded: tf.Tensor, seed: tf.Tensor, image_size: tuple[int, int],
-                     params: AugmentParams) -> tf.Tensor:
-  """One training image: decode, resize, flip, normalise, erase. seed: int32 [2]."""
-  image = _decode_resize(encoded, image_size)
-  if params.flip:
-    flip = tf.random.stateless_uniform([], seed=seed + tf.constant([0, 1], seed.dtype)) < 0.5
-    image = tf.where(flip, tf.image.flip_left_right(image), image)
-  image = _normalise(image)
-  if params.erase_probability > 0:
-    image = random_erasing(image, seed + tf.constant([0, 2], seed.dtype), params)
-  return image
+  H, W = transfer_size
+  if len(encoded) == 0:
+    return np.zeros((0, H, W, 3), np.uint8)
+  ds = tf.data.Dataset.from_tensor_slices(encoded).map(
+      lambda e: fit_to_transfer_size(tf.io.decode_jpeg(e, channels=3), transfer_size),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  out = np.empty((len(encoded), H, W, 3), np.uint8)
+  done = 0
+  try:
+    for batch in ds.batch(1024).as_numpy_iterator():
+      out[done:done + len(batch)] = batch
+      done += len(batch)
+  except tf.errors.OpError as e:
+    for i in range(done, len(encoded)):  # name the first image that does not decode
+      try:
+        tf.io.decode_jpeg(encoded[i], channels=3)
+      except tf.errors.OpError as bad:
+        name = names[i] if names is not None else None
+        name = name.decode() if isinstance(name, bytes) else name
+        raise ValueError(f"cannot decode image {str(name)!r} (row {i}): expected a JPEG "
+                         f"({bad.message.splitlines()[0]})") from bad
+    raise
+  return out
 
 
 def read_records(builder: tfds.core.DatasetBuilder, split) -> dict[str, np.ndarray]:
@@ -144,7 +132,7 @@ def epoch_order(labels: np.ndarray, seed: int, epoch: int, sampler: str = "rando
 
 
 class TrainData:
-  """This process's share of every global training batch.
+  """This process's share of every global training batch, as uint8 at the transfer size.
 
   The train split is cut into ``num_shards`` even shards
   (``tfds.split_for_jax_process(..., process_index=shard, process_count=num_shards)``);
@@ -158,12 +146,17 @@ class TrainData:
     local_batch: images per process per step.
     steps_per_epoch: the same on every process.
     num_classes: identities of the train split.
+    num_images: train images of this process's shards.
+    shards, num_shards: the shards this process reads, out of how many.
+    transfer_size: (height, width) of the uint8 images of every batch.
+    images: shard -> uint8 [n, H, W, 3], the decoded shard (held in memory).
+    labels: shard -> int32 [n], position of each image's identity in ``identities``.
   """
 
   def __init__(self, builder: tfds.core.DatasetBuilder, global_batch: int,
-               image_size: tuple[int, int], seed: int = 0,
-               augment: AugmentParams = AugmentParams(), sampler: str = "random",
-               ids_per_batch: int = 8, images_per_id: int = 4, num_shards: int = 0):
+               transfer_size: tuple[int, int] = TRANSFER_SIZE, seed: int = 0,
+               sampler: str = "random", ids_per_batch: int = 8, images_per_id: int = 4,
+               num_shards: int = 0):
     processes = jax.process_count()
     self.num_shards = num_shards or processes
     if self.num_shards % processes or global_batch % self.num_shards:
@@ -174,64 +167,71 @@ class TrainData:
                              (jax.process_index() + 1) * per_process))
     self.shard_batch = global_batch // self.num_shards
     self.local_batch = self.shard_batch * per_process
-    self.image_size = tuple(image_size)
-    self.seed, self.augment, self.sampler = seed, augment, sampler
+    self.transfer_size = tuple(transfer_size)
+    self.seed, self.sampler = seed, sampler
     self.ids_per_batch, self.images_per_id = ids_per_batch, images_per_id
     if sampler == "pk" and self.shard_batch != ids_per_batch * images_per_id:
       raise ValueError(f"pk sampling needs a per-shard batch of ids_per_batch x images_per_id "
                        f"= {ids_per_batch * images_per_id}, got {self.shard_batch}")
     self.identities = identity_labels(builder)
     self.num_classes = len(self.identities)
-    self.records, self.labels = {}, {}
+    self.images, self.labels = {}, {}
     for shard in self.shards:
       split = tfds.split_for_jax_process("train", process_index=shard,
                                          process_count=self.num_shards, drop_remainder=True)
-      self.records[shard] = read_records(builder, split)
-      self.labels[shard] = np.searchsorted(self.identities,
-                                           self.records[shard]["id"]).astype(np.int32)
+      records = read_records(builder, split)
+      self.images[shard] = decode_images(records["image"], self.transfer_size,
+                                         records["filename"])
+      self.labels[shard] = np.searchsorted(self.identities, records["id"]).astype(np.int32)
     self.num_images = sum(len(v) for v in self.labels.values())
     self.steps_per_epoch = min(len(v) for v in self.labels.values()) // self.shard_batch
     if self.steps_per_epoch == 0:
       raise ValueError(f"a train shard has fewer images than one shard batch "
                        f"({self.shard_batch})")
+    self._orders = {}
 
-  def _shard_dataset(self, shard: int, epoch: int, first_step: int) -> tf.data.Dataset:
-    labels, b = self.labels[shard], self.shard_batch
-    shard_seed = self.seed * 7919 + shard
-    order = epoch_order(labels, shard_seed, epoch, self.sampler,
-                        self.ids_per_batch, self.images_per_id,
-                        b if self.sampler == "pk" else 0)
-    order = order[:self.steps_per_epoch * b]
-    slot = np.arange(len(order), dtype=np.int64) + epoch * len(order)
-    order, slot = order[first_step * b:], slot[first_step * b:]
-    ds = tf.data.Dataset.from_tensor_slices({
-        "encoded": self.records[shard]["image"][order], "label": labels[order],
-        "seed": np.stack([np.full_like(slot, shard_seed), slot * 4], axis=1)})
-    size, augment = self.image_size, self.augment
-    ds = ds.map(lambda ex: {"image": train_preprocess(ex["encoded"], ex["seed"], size, augment),
-                            "label": ex["label"]},
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(b, drop_remainder=True)
+  def _order(self, shard: int, epoch: int) -> np.ndarray:
+    """Rows of ``shard`` in epoch order, steps_per_epoch x shard_batch of them."""
+    if (shard, epoch) not in self._orders:
+      b = self.shard_batch
+      order = epoch_order(self.labels[shard], self.seed * 7919 + shard, epoch, self.sampler,
+                          self.ids_per_batch, self.images_per_id,
+                          b if self.sampler == "pk" else 0)
+      self._orders = {k: v for k, v in self._orders.items() if k[1] == epoch}
+      self._orders[shard, epoch] = order[:self.steps_per_epoch * b]
+    return self._orders[shard, epoch]
+
+  def rows(self, step: int) -> dict[int, np.ndarray]:
+    """shard -> int64 [shard_batch]: the rows of each of this process's shards at ``step``."""
+    epoch, k = divmod(step, self.steps_per_epoch)
+    b = self.shard_batch
+    return {s: self._order(s, epoch)[k * b:(k + 1) * b] for s in self.shards}
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """The local batch of ``step``: {"image": uint8 [local_batch, H, W, 3], "label": int32
+    [local_batch]}, shards in order. A pure function of (seed, step)."""
+    rows = self.rows(step)
+    return {"image": np.concatenate([self.images[s][rows[s]] for s in self.shards]),
+            "label": np.concatenate([self.labels[s][rows[s]] for s in self.shards])}
 
   def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Local batches {"image": float32 [b, H, W, 3], "label": int32 [b]} from start_step on."""
-    epoch, step = divmod(start_step, self.steps_per_epoch)
+    """``batch(s)`` for s = start_step, start_step + 1, ... (endless)."""
+    step = start_step
     while True:
-      parts = [self._shard_dataset(s, epoch, step) for s in self.shards]
-      ds = parts[0] if len(parts) == 1 else tf.data.Dataset.zip(tuple(parts)).map(
-          lambda *bs: {k: tf.concat([b[k] for b in bs], axis=0) for k in bs[0]})
-      yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
-      epoch, step = epoch + 1, 0
+      yield self.batch(step)
+      step += 1
 
 
 def eval_batches(builder: tfds.core.DatasetBuilder, split: str, global_batch: int,
-                 image_size: tuple[int, int]) -> tuple[Iterator[dict[str, np.ndarray]], int]:
+                 transfer_size: tuple[int, int] = TRANSFER_SIZE
+                 ) -> tuple[Iterator[dict[str, np.ndarray]], int]:
   """Local eval batches covering every example of ``split`` exactly once overall.
 
   Returns:
     (iterator, number of batches; the same on every process). Each batch: "image"
-    float32 [b, H, W, 3], "id", "camera", "time" int64 [b], "index" int64 [b]
-    (position in the split), "mask" bool [b] (False on padding).
+    uint8 [b, H, W, 3] at ``transfer_size``, "id" int64 [b], "camera" int64 [b]
+    0-based (TFDS stores Market's 1-based camera; converted here), "time" int64 [b],
+    "index" int64 [b] (position in the split), "mask" bool [b] (False on padding).
   """
   n, me = jax.process_count(), jax.process_index()
   if global_batch % n:
@@ -243,18 +243,16 @@ def eval_batches(builder: tfds.core.DatasetBuilder, split: str, global_batch: in
   offset = sum(sizes[:me])
   ds = builder.as_dataset(split=parts[me], shuffle_files=False)
   ds = ds.enumerate().map(lambda i, ex: {
-      "image": _normalise(_resize(ex["image"], image_size)),
-      "id": ex["id"], "camera": ex["camera"], "time": ex["time"], "index": i + offset,
+      "image": fit_to_transfer_size(ex["image"], transfer_size),
+      "id": ex["id"], "camera": ex["camera"] - 1, "time": ex["time"], "index": i + offset,
       "mask": True}, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  H, W = image_size
+  H, W = transfer_size
   pad = tf.data.Dataset.from_tensors({
-      "image": tf.zeros([H, W, 3]), "id": tf.constant(-1, tf.int64),
+      "image": tf.zeros([H, W, 3], tf.uint8), "id": tf.constant(-1, tf.int64),
       "camera": tf.constant(0, tf.int64), "time": tf.constant(0, tf.int64),
       "index": tf.constant(-1, tf.int64), "mask": False}).repeat()
   ds = ds.concatenate(pad).take(num_batches * local).batch(local).prefetch(tf.data.AUTOTUNE)
   return ds.as_numpy_iterator(), num_batches
 
 
-def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict:
-  """Local numpy batch -> global jax.Arrays sharded over the mesh's data axis."""
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+to_global = sharding.to_global  # kept for callers of jreid.data.pipeline.to_global
