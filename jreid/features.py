@@ -17,52 +17,53 @@ import numpy as np
 from flax import nnx
 
 from jreid import augment
-from jreid import records as records_lib
+from jreid import progress
+from jreid import records
 from jreid import scoring
 from jreid import sharding
 
 
-def make_extract_step(graphdef, mesh, data_sharding, replicated,
-                      image_size: tuple[int, int]) -> Callable:
-  """jit(state, images uint8 [B, h, w, 3]) -> float32 [B, P, C] part features of the
-  image plus those of its flip (not normalised); resized on the device to
-  ``image_size`` (height, width) in the model's compute dtype. ``mesh`` is unused
-  (the shardings carry it)."""
-  del mesh
+def make_extract_step(graphdef, mesh, image_size: tuple[int, int]) -> Callable:
+  """jit(state, images uint8 [B, h, w, 3]) -> float32 [B, P, C] part features of each
+  image plus those of its flip (not normalised).
+
+  ``state`` is the train state ``{"model", "optimizer"}`` (replicated); images are
+  uint8 boxes at the transfer size, sharded over the mesh's data axis, resized to
+  ``image_size`` (height, width) and normalised on the device in the model's
+  compute dtype (``augment.to_model_input``).
+  """
   size = tuple(image_size)
 
   def fn(state, images):
-    model, _ = nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, state)["model"]
     model.eval()
     x = augment.to_model_input(images, size, model.config.backbone.dtype)
     return model.features(x) + model.features(x[:, :, ::-1, :])
 
-  return jax.jit(fn, in_shardings=(replicated, data_sharding), out_shardings=data_sharding)
+  return jax.jit(fn, in_shardings=(sharding.replicated(mesh), sharding.data_sharding(mesh)),
+                 out_shardings=sharding.data_sharding(mesh))
 
 
 def extract(step: Callable, state: Any, batches: Iterator[dict[str, np.ndarray]],
-            num_batches: int, to_global: Callable, data_sharding, num_parts: int,
-            log: Callable[[str], None] | None = None) -> records_lib.Records:
+            num_batches: int, data_sharding, num_parts: int, name: str = "extract"
+            ) -> records.Records:
   """Runs ``step`` over every batch; gathers, orders by index and drops padding.
 
-  Args:
-    batches: local batches of ``jreid.data.pipeline.eval_batches``: "image" uint8,
-      "id", "camera" (0-based), "time", "index", "mask".
-    to_global: (local pytree, sharding) -> global jax.Arrays (``sharding.to_global``).
-    num_parts: P, for the per-part normalisation.
-    log: called with a progress line every 20 batches.
-  Returns:
-    Records of the split in split order: features float32 [N, P * C] normalised,
-    person_ids, cameras (0-based), times.
+  Batches (``jreid.data.pipeline.eval_batches``) carry "image" (uint8), "index"
+  (position in the split), "mask" (False on padding), "id", "camera" (0-based,
+  converted where the batch is made) and "time".
+  Returns the split's records in split order, one row per image: normalised
+  features, cameras 0-based.
   """
   feats, keep = [], {k: [] for k in ("index", "mask", "id", "camera", "time")}
+  meter = progress.Progress(name, num_batches, unit="batches")
   for i, batch in enumerate(batches):
-    images = to_global({"image": batch["image"]}, data_sharding)["image"]
+    images = sharding.to_global({"image": batch["image"]}, data_sharding)["image"]
     feats.append(sharding.gather(step(state, images)))
     for k in keep:
-      keep[k].append(_gather_local(np.asarray(batch[k])))
-    if log and (i + 1) % 20 == 0:
-      log(f"extract: batch {i + 1}/{num_batches}")
+      keep[k].append(sharding.gather(np.asarray(batch[k])).reshape(-1))
+    meter.update(i + 1)
+  meter.finish()
   f = np.concatenate(feats)
   meta = {k: np.concatenate(v) for k, v in keep.items()}
   valid = meta["mask"].astype(bool)
@@ -71,15 +72,7 @@ def extract(step: Callable, state: Any, batches: Iterator[dict[str, np.ndarray]]
   if not np.array_equal(index, np.arange(len(index))):
     raise RuntimeError(f"extraction covered {len(index)} rows but not each image exactly once")
   f = f[valid][order].reshape(len(index), -1)
-  return records_lib.Records(person_ids=meta["id"][valid][order].astype(np.int64),
-                             cameras=meta["camera"][valid][order].astype(np.int64),
-                             times=meta["time"][valid][order].astype(np.int64),
-                             features=scoring.l2_normalise_features(f, num_parts))
-
-
-def _gather_local(x: np.ndarray) -> np.ndarray:
-  """Every process's local rows, concatenated in process order (host numpy)."""
-  if jax.process_count() == 1:
-    return x
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return np.asarray(multihost_utils.process_allgather(x)).reshape((-1,) + x.shape[1:])
+  return records.Records(person_ids=meta["id"][valid][order].astype(np.int64),
+                         cameras=meta["camera"][valid][order].astype(np.int64),
+                         times=meta["time"][valid][order].astype(np.int64),
+                         features=scoring.l2_normalise_features(f, num_parts))

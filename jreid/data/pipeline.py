@@ -31,8 +31,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jreid import sharding
-
 TRANSFER_SIZE = (128, 64)  # Market-1501's box: height, width
 
 
@@ -253,6 +251,3 @@ def eval_batches(builder: tfds.core.DatasetBuilder, split: str, global_batch: in
       "index": tf.constant(-1, tf.int64), "mask": False}).repeat()
   ds = ds.concatenate(pad).take(num_batches * local).batch(local).prefetch(tf.data.AUTOTUNE)
   return ds.as_numpy_iterator(), num_batches
-
-
-to_global = sharding.to_global  # kept for callers of jreid.data.pipeline.to_global
