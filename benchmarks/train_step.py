@@ -124,6 +124,13 @@ def main():
     jit_s[kind] = time.perf_counter() - start
     state, m = compiled[kind](state, data, jnp.int32(0))
     jax.block_until_ready(m)
+  if args.augment:  # the input work alone, jitted on its own, as a cross-check
+    params, dtype = augment.AugmentParams(), jnp.dtype(args.dtype)
+    alone = jax.jit(lambda images, s: augment.train_input(
+        images, augment.draw(0, s, batch, params), (H, W), params, dtype),
+        in_shardings=(data_sharding, None), out_shardings=data_sharding)
+    jax.block_until_ready(alone(feeds["uint8"]["image"], jnp.int32(0)))
+    times["alone"] = []
   for r in range(args.rounds):
     for kind, data in feeds.items():
       start = time.perf_counter()
@@ -131,6 +138,12 @@ def main():
         state, m = compiled[kind](state, data, jnp.int32(1 + r * args.steps + i))
       jax.block_until_ready(m)
       times[kind].append((time.perf_counter() - start) / args.steps)
+    if args.augment:
+      start = time.perf_counter()
+      for i in range(args.steps):
+        out = alone(feeds["uint8"]["image"], jnp.int32(i))
+      jax.block_until_ready(out)
+      times["alone"].append((time.perf_counter() - start) / args.steps)
 
   per_step = statistics.median(times["float"])
   device = jax.devices()[0].device_kind
@@ -156,8 +169,12 @@ def main():
           f"to the step fed ready float inputs; input work {100 * (aug - per_step) / aug:.1f}% "
           f"of the step ({extra / batch / 1e6:.0f} MFLOP per image of resize matmuls) on "
           f"{device}")
+    alone_s = statistics.median(times["alone"])
+    print(f"  the input work jitted alone: {alone_s * 1000:.2f} ms per batch of {batch}, "
+          f"{100 * alone_s / per_step:.2f}% of the step fed ready float inputs")
     print(f"  rounds (ms/step) float: {[round(t * 1000, 1) for t in times['float']]}, "
-          f"uint8: {[round(t * 1000, 1) for t in times['uint8']]}")
+          f"uint8: {[round(t * 1000, 1) for t in times['uint8']]}, "
+          f"alone: {[round(t * 1000, 2) for t in times['alone']]}")
 
 
 if __name__ == "__main__":
