@@ -45,10 +45,10 @@ from jreid import train  # pylint: disable=g-import-not-at-top
 def _subjaxprs(params):
   for v in params.values():
     for x in (v if isinstance(v, (list, tuple)) else (v,)):
-      if isinstance(x, jax.extend.core.ClosedJaxpr):
-        yield x.jaxpr
-      elif isinstance(x, jax.extend.core.Jaxpr):
+      if hasattr(x, "eqns"):  # a Jaxpr
         yield x
+      elif hasattr(getattr(x, "jaxpr", None), "eqns"):  # a ClosedJaxpr
+        yield x.jaxpr
 
 
 def matmul_flops(jaxpr) -> float:
