@@ -148,6 +148,7 @@ class TrainData:
     shards, num_shards: the shards this process reads, out of how many.
     transfer_size: (height, width) of the uint8 images of every batch.
     images: shard -> uint8 [n, H, W, 3], the decoded shard (held in memory).
+    identities: int64 [num_classes], the sorted person ids of the whole train split.
     labels: shard -> int32 [n], position of each image's identity in ``identities``.
   """
 
