@@ -253,7 +253,12 @@ def ranked_list_picture(result: SearchResult, query: Records, gallery: Records, 
   k = min(k, result.index.shape[1])
   top = result.index[picks, :k]
   cam = lambda c: _camera_name(camera_names, int(c))
-  when = (lambda t: "") if format_time is None else (lambda t: f"\n{format_time(int(t))}")
+  def when(t) -> str:
+    if format_time is None:
+      return ""
+    value = format_time(int(t))
+    return f"\nt={value:g} s" if isinstance(value, float) else f"\n{value}"
+
   labels = [[(f"id {gallery.person_ids[g]}\n" if labelled else "") + cam(gallery.cameras[g])
              for g in row] for row in top]
   titles = [(f"query id {query.person_ids[q]}\n" if labelled else "query\n") +

@@ -1,0 +1,186 @@
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jreid import scoring
+from jreid import search
+from jreid import st
+from jreid import tracks
+from jreid.data import synthetic
+from jreid.records import Records
+
+FUSION = scoring.FusionParams()
+
+
+def random_case(seed=0, Q=7, G=50, D=8, C=3, H=6, width=10):
+  """Dyadic features (exact dot products in any order) and ties: gallery rows 10..14
+  repeat rows 0..4 (feature, camera and time), so equal scores must rank lower index first."""
+  rng = np.random.default_rng(seed)
+  gf = rng.integers(-4, 5, (G, D)).astype(np.float32) / 8
+  gc = rng.integers(0, C, G)
+  gt = rng.integers(0, width * (H + 2), G)
+  gf[10:15], gc[10:15], gt[10:15] = gf[0:5], gc[0:5], gt[0:5]
+  qf = rng.integers(-4, 5, (Q, D)).astype(np.float32) / 8
+  qf[0] = gf[0]
+  query = Records(np.arange(Q), rng.integers(0, C, Q), rng.integers(0, width * (H + 2), Q),
+                  qf, np.asarray([f"q{i}.jpg" for i in range(Q)]))
+  gallery = Records(np.arange(G) % 9, gc, gt, gf, np.asarray([f"g{i}.jpg" for i in range(G)]))
+  table = rng.random((C, C, H))
+  for c in range(C):
+    table[c, c] = 0
+  model = st.STModel(table=table, params=st.STParams(bin_width=width, num_bins=H))
+  return query, gallery, model
+
+
+@pytest.mark.parametrize("with_st", [True, False])
+@pytest.mark.parametrize("chunk_elements", [150, 1 << 20])   # chunks of 3 (padded) or all
+def test_top_k_equals_brute_force_argsort(with_st, chunk_elements):
+  query, gallery, model = random_case()
+  model = model if with_st else None
+  got = search.top_k(query, gallery, model, FUSION, k=12, chunk_elements=chunk_elements)
+  want = search.brute_force_top_k(query, gallery, model, FUSION, k=12)
+  np.testing.assert_array_equal(got.index, want.index)
+  np.testing.assert_array_equal(got.visual, want.visual)
+  assert got.ranked_by == want.ranked_by == ("joint" if with_st else "visual")
+  if with_st:
+    np.testing.assert_array_equal(got.st_probability, want.st_probability)
+    np.testing.assert_array_equal(got.joint, want.joint)
+  else:
+    assert got.joint is None and got.st_probability is None
+  # Query 0 equals gallery rows 0 and 10 (identical rows): the tie goes to row 0.
+  assert got.index[0, :2].tolist() == [0, 10]
+  assert got.visual[0, 0] == got.visual[0, 1]
+
+
+def test_ties_go_to_the_lower_index():
+  f = np.ones((5, 2), np.float32) / np.sqrt(2)
+  gallery = Records(np.zeros(5, np.int64), np.zeros(5, np.int64), np.zeros(5, np.int64), f)
+  query = Records(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64), f[:1])
+  assert search.top_k(query, gallery, None, FUSION, k=3).index.tolist() == [[0, 1, 2]]
+
+
+def test_hand_computed_st_reorders_visual_and_beyond_last_bin_is_counted():
+  # Cameras 0 -> 1 take 1-2 bins (10 ticks each); query in camera 1 at t=25.
+  table = np.zeros((2, 2, 3))
+  table[1, 0, 1] = 0.8
+  model = st.STModel(table=table, params=st.STParams(bin_width=10, num_bins=3))
+  gallery_f = np.array([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8]], np.float32)
+  gallery = Records(np.array([1, 2, 3]), np.array([0, 0, 0]), np.array([20, 10, 100]),
+                    gallery_f)
+  query = Records(np.array([2]), np.array([1]), np.array([25]),
+                  np.array([[1.0, 0.0]], np.float32))
+  got = search.top_k(query, gallery, model, FUSION, k=3)
+  f = lambda x, lam, g: 1 / (1 + lam * math.exp(-g * x))
+  joints = [f(1.0, 1, 5) * f(0.0, 2, 5),     # dt 5 -> bin 0 -> p 0
+            f(0.8, 1, 5) * f(0.8, 2, 5),     # dt 15 -> bin 1 -> p 0.8
+            f(0.6, 1, 5) * f(0.0, 2, 5)]     # dt 75 -> bin 7 >= 3: beyond the last bin
+  assert got.index.tolist() == [[1, 0, 2]]
+  np.testing.assert_allclose(got.joint[0], [joints[1], joints[0], joints[2]], rtol=1e-6)
+  np.testing.assert_allclose(got.st_probability[0], [0.8, 0.0, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(got.visual[0], [0.8, 1.0, 0.6], rtol=1e-6)
+  assert got.num_beyond_last_bin == 1 and got.num_pairs == 3
+
+
+def test_camera_unknown_to_the_model_gets_zero_st_probability_not_an_index_error():
+  table = np.full((2, 2, 3), 0.5)
+  model = st.STModel(table=table, params=st.STParams(bin_width=10, num_bins=3))
+  f = np.eye(2, dtype=np.float32)
+  gallery = Records(np.array([1, 2]), np.array([0, 1]), np.array([0, 0]), f)
+  query = Records(np.array([1]), np.array([5]), np.array([5]), f[:1])   # camera 5: unseen
+  got = search.top_k(query, gallery, model, FUSION, k=2)
+  np.testing.assert_array_equal(got.st_probability, [[0.0, 0.0]])
+  assert got.num_beyond_last_bin == 0   # unseen cameras are not "beyond the last bin"
+
+
+def test_bad_inputs():
+  query, gallery, model = random_case()
+  with pytest.raises(ValueError, match="gallery records have no features"):
+    search.top_k(query, gallery.with_features(None), model)
+  with pytest.raises(ValueError, match="query features have 3 dims, gallery features 8"):
+    search.top_k(query.with_features(query.features[:, :3]), gallery, model)
+  with pytest.raises(ValueError, match="k must be >= 1"):
+    search.top_k(query, gallery, model, k=0)
+  assert search.top_k(query, gallery, model, k=500).index.shape == (7, 50)
+
+
+def test_rank_lists_json(tmp_path):
+  query, gallery, model = random_case()
+  query = query.select(np.array([0, 1]))
+  query = Records(np.array([3, 0]), query.cameras, query.times, query.features, query.names)
+  result = search.top_k(query, gallery, model, FUSION, k=4)
+  lists = search.rank_lists(result, query, gallery, camera_names=("a", "b", "c"),
+                            format_time=lambda t: t / 10)
+  path = search.write_rank_lists(str(tmp_path / search.RANK_LISTS_FILE), lists, note="x")
+  data = json.loads(open(path).read())
+  assert data["ranked_by"] == "joint" and data["k"] == 4 and data["note"] == "x"
+  q0 = data["queries"][0]
+  assert q0["image"] == "q0.jpg" and q0["camera"] == "abc"[query.cameras[0]]
+  assert q0["time"] == query.times[0] / 10 and q0["person_id"] == 3
+  first = q0["results"][0]
+  g = int(result.index[0, 0])
+  assert first == dict(rank=1, image=f"g{g}.jpg", camera="abc"[gallery.cameras[g]],
+                       time=gallery.times[g] / 10, person_id=int(gallery.person_ids[g]),
+                       visual=float(result.visual[0, 0]),
+                       st_probability=float(result.st_probability[0, 0]),
+                       joint=float(result.joint[0, 0]), match=bool(gallery.person_ids[g] == 3))
+  # Distractor queries (id 0) match nothing.
+  assert not any(r["match"] for r in data["queries"][1]["results"])
+  unlabelled = search.rank_lists(result, query, gallery, labelled=False)
+  assert "person_id" not in unlabelled["queries"][0]
+  assert "match" not in unlabelled["queries"][0]["results"][0]
+  assert unlabelled["queries"][0]["camera"] == f"c{query.cameras[0] + 1}"
+
+
+def test_end_to_end_on_the_synthetic_world_table(tmp_path):
+  """Fit from tracks.csv (train split), search query vs gallery with features made
+  from identity centres + noise: the true match is first for most queries."""
+  params = synthetic.WorldParams(num_train_ids=60, num_test_ids=30, num_cameras=5,
+                                 image_height=16, image_width=8, num_junk=10,
+                                 num_distractors=20, group_size=3, seed=11)
+  synthetic.generate(str(tmp_path), params)
+  table = tracks.read_table(str(tmp_path / synthetic.TRACKS_FILE), require_labels=True)
+  base = tracks.time_base(table)
+  names = tracks.camera_names(table.split("train"))
+  train = tracks.to_records(table.split("train"), names, base)
+  model = st.fit(train.person_ids, train.cameras, train.times, len(names),
+                 st.STParams(bin_width=tracks.bin_width_ticks(4.0), num_bins=5000),
+                 camera_names=names, ticks_per_second=tracks.TICKS_PER_SECOND)
+  names = tracks.camera_names(table, known=model.camera_names)
+  query = tracks.to_records(table.split("query"), names, base)
+  gallery = tracks.to_records(table.split("gallery"), names, base)
+  rng = np.random.default_rng(0)
+  D = 16
+  centres = {}
+
+  def features(r):
+    rows = []
+    for pid in r.person_ids:
+      if pid <= 0:   # junk and distractors: anyone
+        rows.append(rng.normal(size=D))
+        continue
+      if pid not in centres:   # identities in threes that look alike
+        group = centres.setdefault(("group", pid // 3), rng.normal(size=D))
+        centres[pid] = group + 0.35 * rng.normal(size=D)
+      rows.append(centres[pid] + 0.35 * rng.normal(size=D))
+    return scoring.l2_normalise_features(np.asarray(rows, np.float32))
+
+  query, gallery = query.with_features(features(query)), gallery.with_features(features(gallery))
+  joint = search.top_k(query, gallery, model, FUSION, k=10, chunk_elements=4096)
+  visual = search.top_k(query, gallery, None, FUSION, k=10)
+  first_joint = search.matches(joint, query, gallery)[:, 0].mean()
+  first_visual = search.matches(visual, query, gallery)[:, 0].mean()
+  print(f"rank-1: joint {first_joint:.3f}, visual {first_visual:.3f}")
+  assert first_joint >= 0.8, (first_joint, first_visual)
+  assert first_joint >= first_visual
+  lists = search.rank_lists(joint, query, gallery, model.camera_names, base.format)
+  assert lists["queries"][0]["camera"].startswith("cam")
+  assert all(q["results"][0]["match"] == bool(m) for q, m in
+             zip(lists["queries"], search.matches(joint, query, gallery)[:, 0]))
+  out = search.ranked_list_picture(
+      joint, query, gallery, str(tmp_path / "ranked.png"),
+      lambda p: np.asarray(Image.open(p).convert("RGB")), model.camera_names, num_queries=3,
+      k=5)
+  assert Image.open(out).size[0] > 200
