@@ -171,6 +171,46 @@ def brute_force_top_k(query: Records, gallery: Records, st_model: st_lib.STModel
   return SearchResult(index, take(visual), take(prob), take(joint), "joint")
 
 
+def attach_features(rows: Records, features: np.ndarray, feature_names: np.ndarray | None,
+                    source: str) -> Records:
+  """``rows`` (from a tracks table) with the features of a features file's side.
+
+  With ``feature_names`` (the file's ``*_names``), each row takes the feature whose
+  name is its image path, or, failing that, its image's file name (when the file
+  names are unique); without names, rows and features are matched by order.
+
+  Raises:
+    ValueError: naming ``source`` when a row has no feature, a name is ambiguous or
+      the counts differ.
+  """
+  features = np.asarray(features)
+  if feature_names is None or rows.names is None:
+    if len(features) != len(rows):
+      raise ValueError(f"{source}: {len(features)} feature rows for {len(rows)} table rows; "
+                       f"without names ({source} lacks *_names) they are matched by order, "
+                       f"so the counts must be equal")
+    return rows.with_features(features)
+  feature_names = [str(n) for n in np.asarray(feature_names).reshape(-1)]
+  if len(feature_names) != len(features):
+    raise ValueError(f"{source}: {len(feature_names)} names for {len(features)} feature rows")
+  exact = {n: i for i, n in enumerate(feature_names)}
+  base = {}
+  for i, n in enumerate(feature_names):
+    base.setdefault(n.replace("\\", "/").rsplit("/", 1)[-1], []).append(i)
+  index = []
+  for name in rows.names.tolist():
+    if name in exact:
+      index.append(exact[name])
+      continue
+    found = base.get(name.replace("\\", "/").rsplit("/", 1)[-1], [])
+    if len(found) != 1:
+      raise ValueError(f"{source}: {'no' if not found else len(found)} feature rows named like "
+                       f"the table's image {name!r}; names are matched as whole paths or, "
+                       f"if unique, as file names")
+    index.append(found[0])
+  return rows.with_features(features[np.asarray(index, np.int64)])
+
+
 def _camera_name(names: Sequence[str] | None, camera: int) -> str:
   if names is not None and 0 <= camera < len(names):
     return str(names[camera])

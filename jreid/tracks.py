@@ -359,6 +359,33 @@ def to_records(table: Table, names: Sequence[str], base: TimeBase) -> Records:
   return Records(person_ids=ids, cameras=cameras, times=base.ticks(table), names=row_names)
 
 
+def parse_fps(text) -> float | dict[str, float] | None:
+  """Frame rates as written in a config: "" (times are seconds or ISO) -> None,
+  "25" -> 25.0 for every camera, "cam1=25,cam2=30" -> {"cam1": 25.0, "cam2": 30.0}."""
+  if text is None or (isinstance(text, str) and not text.strip()):
+    return None
+  if isinstance(text, (int, float)):
+    return float(text)
+  if isinstance(text, Mapping):
+    return {str(k): float(v) for k, v in text.items()}
+  text = str(text).strip()
+  try:
+    return float(text)
+  except ValueError:
+    pass
+  rates = {}
+  for part in text.split(","):
+    name, sep, value = part.rpartition("=")
+    try:
+      if not sep or not name.strip():
+        raise ValueError
+      rates[name.strip()] = float(value)
+    except ValueError:
+      raise ValueError(f"fps: {part!r} in {text!r}; expected a number for every camera or "
+                       f"camera=fps pairs separated by commas (cam1=25,cam2=30)") from None
+  return rates
+
+
 def bin_width_ticks(bin_seconds: float, ticks_per_second: int = TICKS_PER_SECOND) -> int:
   """ST bin width in ticks for bins of ``bin_seconds``; a whole number of ticks >= 1."""
   width = bin_seconds * ticks_per_second

@@ -184,3 +184,19 @@ def test_end_to_end_on_the_synthetic_world_table(tmp_path):
       lambda p: np.asarray(Image.open(p).convert("RGB")), model.camera_names, num_queries=3,
       k=5)
   assert Image.open(out).size[0] > 200
+
+
+def test_attach_features_by_path_file_name_or_order():
+  rows = Records(np.array([1, 2]), np.array([0, 1]), np.array([0, 5]),
+                 names=np.array(["/data/t/a.jpg", "/data/t/sub/b.jpg"]))
+  f = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
+  got = search.attach_features(rows, f, np.array(["b.jpg", "/data/t/a.jpg", "c.jpg"]), "x.npz")
+  np.testing.assert_array_equal(got.features, [[0, 1], [1, 0]])
+  got = search.attach_features(rows, f[:2], None, "x.npz")
+  np.testing.assert_array_equal(got.features, f[:2])
+  with pytest.raises(ValueError, match="x.npz: 3 feature rows for 2 table rows"):
+    search.attach_features(rows, f, None, "x.npz")
+  with pytest.raises(ValueError, match=r"x.npz: no feature rows named like .*sub/b.jpg"):
+    search.attach_features(rows, f, np.array(["a.jpg", "c.jpg", "d.jpg"]), "x.npz")
+  with pytest.raises(ValueError, match=r"x.npz: 2 feature rows named like .*b.jpg"):
+    search.attach_features(rows, f, np.array(["/data/t/a.jpg", "1/b.jpg", "2/b.jpg"]), "x.npz")

@@ -172,3 +172,11 @@ def test_synthetic_world_table_fits_the_same_st_model_as_its_names(tmp_path):
   os.remove(tmp_path / synthetic.TRACKS_FILE)
   synthetic.write_tracks_table(str(tmp_path), synthetic.read_manifest(str(tmp_path)))
   assert len(tracks.read_table(str(tmp_path / synthetic.TRACKS_FILE))) == len(t)
+
+
+def test_parse_fps():
+  assert tracks.parse_fps("") is None
+  assert tracks.parse_fps("25") == 25.0
+  assert tracks.parse_fps("cam1=25, north gate=12.5") == {"cam1": 25.0, "north gate": 12.5}
+  with pytest.raises(ValueError, match=r"fps: 'cam2' in 'cam1=25,cam2'; expected"):
+    tracks.parse_fps("cam1=25,cam2")
