@@ -24,6 +24,7 @@ from jreid import plots
 from jreid import records as records_lib
 from jreid import scoring
 from jreid import st as st_lib
+from jreid import tracks as tracks_lib
 from jreid.records import Records
 
 RANK_LISTS_FILE = "rank_lists.json"
@@ -209,6 +210,41 @@ def attach_features(rows: Records, features: np.ndarray, feature_names: np.ndarr
                        f"if unique, as file names")
     index.append(found[0])
   return rows.with_features(features[np.asarray(index, np.int64)])
+
+
+@dataclasses.dataclass(frozen=True)
+class TableFit:
+  """An ST model fitted from a tracks table, and the rows left out of the fit."""
+  model: st_lib.STModel
+  num_rows: int          # rows used
+  num_junk: int          # rows with person_id -1 (left out)
+  num_distractors: int   # rows with person_id 0 (left out)
+
+
+def fit_st_from_table(table: tracks_lib.Table, params: st_lib.STParams) -> TableFit:
+  """Fits the ST model from a labelled table: its 'train' rows (all rows without a
+  split column), leaving out junk (-1) and distractors (0), which are no identity.
+
+  Cameras are named as in the table (sorted); times are ms ticks since the table's
+  earliest training row; ``params.bin_width`` is in those ticks
+  (``tracks.bin_width_ticks(bin_seconds)``).
+  """
+  if not table.labelled:
+    raise tracks_lib.TracksError(f"{table.path}: fitting the ST model needs identities: add a "
+                                 f"person_id column")
+  rows = table.split("train") if table.splits is not None else table
+  if not len(rows):
+    raise tracks_lib.TracksError(f"{table.path}: no 'train' rows to fit the ST model from")
+  junk, distractors = int((rows.person_ids == -1).sum()), int((rows.person_ids == 0).sum())
+  rows = rows.select(rows.person_ids > 0)
+  if not len(rows):
+    raise tracks_lib.TracksError(f"{table.path}: every training row is junk (-1) or a "
+                                 f"distractor (0); the ST model needs identities > 0")
+  names = tracks_lib.camera_names(rows)
+  records = tracks_lib.to_records(rows, names, tracks_lib.time_base(rows))
+  model = st_lib.fit(records.person_ids, records.cameras, records.times, len(names), params,
+                     camera_names=names, ticks_per_second=tracks_lib.TICKS_PER_SECOND)
+  return TableFit(model, len(rows), junk, distractors)
 
 
 def _camera_name(names: Sequence[str] | None, camera: int) -> str:

@@ -212,6 +212,9 @@ def read_table(path: str, fps: float | Mapping[str, float] | None = None,
       except ValueError:
         raise TracksError(f"{_where(path, line, 'person_id')}: {text!r} is not an integer "
                           f"identity (leave the column out for an unlabelled table)") from None
+      if pid < -1:
+        raise TracksError(f"{_where(path, line, 'person_id')}: {pid}; expected an identity "
+                          f">= 1, or -1 (junk) or 0 (distractor)")
       pids.append(pid)
     if "split" in col:
       split = cell("split").lower()

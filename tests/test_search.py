@@ -143,11 +143,11 @@ def test_end_to_end_on_the_synthetic_world_table(tmp_path):
   synthetic.generate(str(tmp_path), params)
   table = tracks.read_table(str(tmp_path / synthetic.TRACKS_FILE), require_labels=True)
   base = tracks.time_base(table)
-  names = tracks.camera_names(table.split("train"))
-  train = tracks.to_records(table.split("train"), names, base)
-  model = st.fit(train.person_ids, train.cameras, train.times, len(names),
-                 st.STParams(bin_width=tracks.bin_width_ticks(4.0), num_bins=5000),
-                 camera_names=names, ticks_per_second=tracks.TICKS_PER_SECOND)
+  fitted = search.fit_st_from_table(
+      table, st.STParams(bin_width=tracks.bin_width_ticks(4.0), num_bins=5000))
+  model = fitted.model
+  assert fitted.num_rows == int((table.splits == "train").sum())
+  assert model.camera_names == ("cam1", "cam2", "cam3", "cam4", "cam5")
   names = tracks.camera_names(table, known=model.camera_names)
   query = tracks.to_records(table.split("query"), names, base)
   gallery = tracks.to_records(table.split("gallery"), names, base)
@@ -200,3 +200,23 @@ def test_attach_features_by_path_file_name_or_order():
     search.attach_features(rows, f, np.array(["a.jpg", "c.jpg", "d.jpg"]), "x.npz")
   with pytest.raises(ValueError, match=r"x.npz: 2 feature rows named like .*b.jpg"):
     search.attach_features(rows, f, np.array(["/data/t/a.jpg", "1/b.jpg", "2/b.jpg"]), "x.npz")
+
+
+def test_fit_from_table_uses_train_rows_and_counts_junk_and_distractors(tmp_path):
+  path = tmp_path / "t.csv"
+  path.write_text("person_id,camera,time,split\n"
+                  "1,b,0,train\n1,a,15,train\n2,b,0,train\n2,a,35,train\n"
+                  "-1,a,5,train\n0,b,7,train\n0,a,9,train\n3,b,0,gallery\n3,a,900,query\n")
+  table = tracks.read_table(str(path), check_images=False)
+  fitted = search.fit_st_from_table(table, st.STParams(bin_width=10_000, num_bins=5, sigma=0))
+  assert (fitted.num_rows, fitted.num_junk, fitted.num_distractors) == (4, 1, 2)
+  assert fitted.model.camera_names == ("a", "b")
+  # ids 1 and 2: seen in a 15 s and 35 s after b -> P[a, b] bins 1 and 3 (10 s bins).
+  np.testing.assert_array_equal(fitted.model.pair_counts, [[0, 2], [0, 0]])
+  assert fitted.model.table[0, 1, 1] > 0 and fitted.model.table[0, 1, 3] > 0
+  assert fitted.model.table[0, 1, 0] == fitted.model.table[0, 1, 2] == 0
+  unlabelled = tmp_path / "u.csv"
+  unlabelled.write_text("camera,time\na,1\n")
+  with pytest.raises(tracks.TracksError, match="needs identities: add a person_id column"):
+    search.fit_st_from_table(tracks.read_table(str(unlabelled), check_images=False),
+                             st.STParams())

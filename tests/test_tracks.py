@@ -82,6 +82,8 @@ def test_frames_with_per_camera_fps(tmp_path):
      r"line 3, column 'time'.*written as iso but line 2 as seconds"),
     ("camera,time,person_id\nc1,1,7\nc1,2,x\n", dict(check_images=False),
      r"line 3, column 'person_id': 'x' is not an integer"),
+    ("camera,time,person_id\nc1,1,-3\n", dict(check_images=False),
+     r"line 2, column 'person_id': -3; expected an identity >= 1, or -1 \(junk\)"),
     ("camera,time,split\nc1,1,test\n", dict(check_images=False),
      r"line 2, column 'split': 'test'; expected one of train, query, gallery"),
     ("camera,time\n,1\n", dict(check_images=False), r"line 2, column 'camera': empty"),
