@@ -305,6 +305,13 @@ def write_rank_lists(path: str, lists: dict, **extra) -> str:
   return path
 
 
+def load_rgb(path: str) -> np.ndarray:
+  """An image file as uint8 [H, W, 3] (PIL; grey, palette and RGBA converted)."""
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return np.asarray(Image.open(io.BytesIO(files.read_bytes(path))).convert("RGB"))
+
+
 def matches(result: SearchResult, query: Records, gallery: Records) -> np.ndarray:
   """bool [Q, k]: the result has the query's identity (ids > 0 only)."""
   ids = query.person_ids[:, None]

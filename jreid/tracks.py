@@ -17,7 +17,7 @@ split       optional: ``train``, ``query`` or ``gallery``
 Time unit. ``Records.times`` of a table are int64 **milliseconds** since the earliest
 detection of the tables read together (``TimeBase``): ``TICKS_PER_SECOND = 1000``.
 The scoring kernels use int32 times, so the tables read together may span at most
-2^31 - 1 ms (24.9 days); a longer span is an error, not a wrap-around. ST bins are set
+2^31 - 1 ms (24.86 days); a longer span is an error, not a wrap-around. ST bins are set
 in seconds (``st.bin_seconds``); their width in ticks is ``bin_seconds * 1000``
 (``bin_width_ticks``).
 
@@ -306,7 +306,7 @@ class TimeBase:
           f"{self.format(ticks[i])} is {abs(ticks[i]) / self.ticks_per_second / 86400:.1f} "
           f"days {'before' if ticks[i] < 0 else 'after'} the earliest detection; jreid counts "
           f"time in int32 milliseconds, so the tables searched together may span at most "
-          f"{span_days:.1f} days ({int(bad.sum())} rows outside); split the footage by time")
+          f"{span_days:.2f} days ({int(bad.sum())} rows outside); split the footage by time")
     return ticks.astype(np.int64)
 
   def seconds(self, ticks) -> np.ndarray:

@@ -181,7 +181,7 @@ def test_end_to_end_on_the_synthetic_world_table(tmp_path):
              zip(lists["queries"], search.matches(joint, query, gallery)[:, 0]))
   out = search.ranked_list_picture(
       joint, query, gallery, str(tmp_path / "ranked.png"),
-      lambda p: np.asarray(Image.open(p).convert("RGB")), model.camera_names, num_queries=3,
+      search.load_rgb, model.camera_names, num_queries=3,
       k=5)
   assert Image.open(out).size[0] > 200
 

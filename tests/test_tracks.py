@@ -115,7 +115,7 @@ def test_span_beyond_int32_milliseconds_is_an_error(tmp_path):
   path = write(tmp_path, "camera,time\nc1,0\nc2,2000000\nc2,3000000\n")   # 23.1 and 34.7 days
   t = tracks.read_table(path, check_images=False)
   with pytest.raises(tracks.TracksError,
-                     match=r"line 4, column 'time'.*at most 24\.9 days \(1 rows outside\)"):
+                     match=r"line 4, column 'time'.*at most 24\.86 days \(1 rows outside\)"):
     tracks.to_records(t, tracks.camera_names(t), tracks.time_base(t))
 
 
