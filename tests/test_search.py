@@ -220,3 +220,23 @@ def test_fit_from_table_uses_train_rows_and_counts_junk_and_distractors(tmp_path
   with pytest.raises(tracks.TracksError, match="needs identities: add a person_id column"):
     search.fit_st_from_table(tracks.read_table(str(unlabelled), check_images=False),
                              st.STParams())
+
+
+def test_image_file_batches_equal_the_eval_batches_of_the_same_images(world, builder):
+  """Extraction from files (a table's or a folder's images) sees exactly the pixels that
+  extraction from the prepared splits sees."""
+  import os  # pylint: disable=g-import-not-at-top
+  from jreid.data import image_files  # pylint: disable=g-import-not-at-top
+  from jreid.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
+  names = data_pipeline.read_records(builder, "query")["filename"].astype(str)
+  folder = os.path.join(world[0], synthetic.ROOT_NAME, "query")
+  paths = [os.path.join(folder, n) for n in names]
+  want, n_want = data_pipeline.eval_batches(builder, "query", 8, (32, 16))
+  got, n_got = image_files.batches(paths, 8, (32, 16))
+  assert n_got == n_want == -(-len(paths) // 8)
+  want, got = list(want), list(got)
+  for w, g in zip(want, got):
+    np.testing.assert_array_equal(g["mask"], w["mask"])
+    np.testing.assert_array_equal(g["index"][g["mask"]], w["index"][w["mask"]])
+    np.testing.assert_array_equal(g["image"], w["image"])
+  assert sorted(image_files.list_folder(folder)) == sorted(paths)
