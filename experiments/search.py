@@ -35,8 +35,7 @@ def get_config():
   config.st_model = ""           # a saved st_model.npz instead of tracks.train
   config.trained_workdir = ""    # extract features of the tables' images with this model
   config.st.bin_seconds = 4.0    # tables: seconds per ST bin (Market: 100 frames at 25 fps)
-  config.search = ml_collections.ConfigDict()
-  config.search.k = 10                 # results per query in rank_lists.json
-  config.search.picture_queries = 8    # queries drawn in ranked_lists.png (0: none)
-  config.search.picture_k = 10         # results per query in the picture
+  config.eval.batch_size = 128   # extraction batch, with trained_workdir
+  # config.eval.top_k: results per query in rank_lists.json; config.eval.ranked_list_queries:
+  # queries drawn in ranked_lists.png; with labels, config.eval.methods are evaluated too.
   return config
