@@ -37,6 +37,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from jreid import errors
 from jreid import files
 from jreid.records import Records
 
@@ -45,10 +46,12 @@ MAX_TICKS = 2 ** 31 - 1          # int32 times in the scoring kernels
 COLUMNS = ("image", "person_id", "camera", "time", "split")
 SPLITS = ("train", "query", "gallery")
 TIME_FORMS = ("seconds", "iso", "frames")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-class TracksError(ValueError):
-  """A tracks table that cannot be read as documented in ``jreid.tracks``."""
+class TracksError(errors.InputError):
+  """A tracks table that cannot be read as documented in ``jreid.tracks`` (a one-line
+  user error: ``main.py`` prints it without a traceback)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +363,20 @@ def to_records(table: Table, names: Sequence[str], base: TimeBase) -> Records:
   row_names = (table.images if table.images is not None else
                np.asarray([f"{table.path}:{line}" for line in table.lines]))
   return Records(person_ids=ids, cameras=cameras, times=base.ticks(table), names=row_names)
+
+
+def folder_records(folder: str) -> Records:
+  """The images of a folder (sorted by name) as ``Records`` to extract: names are the
+  paths; no identity (-1), camera 0, time 0. An error if it holds no image."""
+  if not files.isdir(folder):
+    raise TracksError(f"image folder {folder!r} does not exist (or is not a folder)")
+  paths = [files.join(folder, n) for n in sorted(files.listdir(folder))
+           if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+  if not paths:
+    raise TracksError(f"image folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+  n = len(paths)
+  return Records(np.full(n, -1, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64),
+                 names=np.asarray(paths))
 
 
 def parse_fps(text) -> float | dict[str, float] | None:

@@ -1,5 +1,6 @@
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -239,4 +240,82 @@ def test_image_file_batches_equal_the_eval_batches_of_the_same_images(world, bui
     np.testing.assert_array_equal(g["mask"], w["mask"])
     np.testing.assert_array_equal(g["index"][g["mask"]], w["index"][w["mask"]])
     np.testing.assert_array_equal(g["image"], w["image"])
-  assert sorted(image_files.list_folder(folder)) == sorted(paths)
+  assert sorted(tracks.folder_records(folder).names.tolist()) == sorted(paths)
+
+
+def _features_file(path, query, gallery, seed=0, noise=0.35, dims=16):
+  """A features file for the table's query and gallery rows: identity centres + noise,
+  named by image path, rows in reverse order (so matching by name is exercised)."""
+  rng = np.random.default_rng(seed)
+  centres = {}
+
+  def make(r):
+    rows = []
+    for pid in r.person_ids:
+      if pid <= 0:
+        rows.append(rng.normal(size=dims))
+        continue
+      if pid not in centres:
+        centres[pid] = rng.normal(size=dims)
+      rows.append(centres[pid] + noise * rng.normal(size=dims))
+    return np.asarray(rows, np.float32)[::-1]
+
+  np.savez(path, query_f=make(query), query_label=query.person_ids[::-1],
+           query_cam=query.cameras[::-1] + 1, query_frames=query.times[::-1],
+           query_names=query.names[::-1], gallery_f=make(gallery),
+           gallery_label=gallery.person_ids[::-1], gallery_cam=gallery.cameras[::-1] + 1,
+           gallery_frames=gallery.times[::-1], gallery_names=gallery.names[::-1])
+
+
+def test_search_job_from_a_features_file(tmp_path, caplog):
+  from experiments import search as search_config  # pylint: disable=g-import-not-at-top
+  from jreid import jobs  # pylint: disable=g-import-not-at-top
+  params = synthetic.WorldParams(num_train_ids=40, num_test_ids=12, num_cameras=4,
+                                 image_height=32, image_width=16, num_junk=3,
+                                 num_distractors=5, group_size=3, seed=3)
+  world = tmp_path / "world"
+  synthetic.generate(str(world), params)
+  table_path = str(world / synthetic.TRACKS_FILE)
+  table = tracks.read_table(table_path)
+  base = tracks.time_base(table)
+  names = tracks.camera_names(table)
+  q = tracks.to_records(table.split("query"), names, base)
+  g = tracks.to_records(table.split("gallery"), names, base)
+  _features_file(str(tmp_path / "f.npz"), q, g)
+  config = search_config.get_config()
+  config.tracks.train = table_path
+  config.tracks.query = table_path
+  config.features = str(tmp_path / "f.npz")
+  config.eval.methods = ("visual", "st")
+  config.eval.ranked_list_queries = 2
+  config.compilation_cache_dir = ""
+  workdir = str(tmp_path / "search")
+  summary = jobs.run(config, workdir)
+  assert summary["queries"] == len(q) and summary["gallery"] == len(g)
+  assert summary["true_match_first"] >= 0.8
+  lists = json.loads(open(f"{workdir}/rank_lists.json").read())
+  assert lists["camera_names"] == ["cam1", "cam2", "cam3", "cam4"]
+  assert len(lists["queries"]) == len(q) and lists["k"] == 10
+  first = lists["queries"][0]
+  assert first["image"] == str(q.names[0]) and first["time"] == base.format(int(q.times[0]))
+  assert {"visual", "st_probability", "joint", "match", "camera"} <= set(first["results"][0])
+  for f in ("ranked_lists.png", "st_model.npz", "st_distributions.png", "results.json"):
+    assert os.path.exists(f"{workdir}/{f}"), f
+  assert st.STModel.load(f"{workdir}/st_model.npz").camera_names == ("cam1", "cam2", "cam3",
+                                                                      "cam4")
+  # The saved model, a gallery table of its own, and a camera the model never saw.
+  other = tmp_path / "gallery.csv"
+  rows = open(table_path).read().splitlines()
+  other.write_text("\n".join([rows[0]] + [r.replace(",cam4,", ",cam9,") for r in rows[1:]
+                                          if r.endswith(",gallery")]) + "\n")
+  config.st_model = f"{workdir}/st_model.npz"
+  config.tracks.train = ""
+  config.tracks.gallery = str(other)
+  caplog.clear()
+  summary = jobs.run(config, str(tmp_path / "search2"))
+  assert summary["gallery"] == len(g)
+  unseen = int((g.cameras == names.index("cam4")).sum())
+  assert any(f"{unseen} gallery detections come from cameras the ST model has never seen "
+             f"(cam9: {unseen})" in r.getMessage() for r in caplog.records)
+  lists = json.loads(open(f"{tmp_path}/search2/rank_lists.json").read())
+  assert lists["camera_names"] == ["cam1", "cam2", "cam3", "cam4", "cam9"]

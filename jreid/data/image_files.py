@@ -18,20 +18,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from jreid import files
 from jreid.data import pipeline as data_pipeline
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
-
-def list_folder(folder: str) -> list[str]:
-  """The image files of ``folder`` (sorted by name); an error if it has none."""
-  if not files.isdir(folder):
-    raise FileNotFoundError(f"image folder {folder!r} does not exist")
-  names = sorted(n for n in files.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
-  if not names:
-    raise ValueError(f"image folder {folder!r} holds no {'/'.join(IMAGE_EXTENSIONS)} files")
-  return [files.join(folder, n) for n in names]
 
 
 def _decode(path: tf.Tensor) -> tf.Tensor:
