@@ -214,7 +214,13 @@ def extract_images(config: ml_collections.ConfigDict, query: records_lib.Records
   step = mngr.latest_step()
   if step is None:
     raise errors.InputError(f"{trained_dir}: no checkpoint; expected a trained workdir")
-  num_classes = int(mngr.item_metadata(step)["model"]["head"]["bias2"].shape[-1])
+  # The classes of the trained head, from the checkpoint's metadata. TODO(lead): move into
+  # jreid/train.py (the module that knows checkpoints) or record it in stages/train.json.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  saved = ocp.StandardCheckpointer().metadata(files.join(str(mngr.directory), str(step),
+                                                         "default"))
+  saved = getattr(saved, "item_metadata", saved)
+  num_classes = int(saved["model"]["head"]["bias2"].shape[-1])
   mesh = sharding.make_mesh()
   graphdef, state = train_lib.create_train_state(trained, num_classes, steps_per_epoch=1)
   state, step = train_lib.restore_or_init(mngr, state, mesh)

@@ -319,3 +319,49 @@ def test_search_job_from_a_features_file(tmp_path, caplog):
              f"(cam9: {unseen})" in r.getMessage() for r in caplog.records)
   lists = json.loads(open(f"{tmp_path}/search2/rank_lists.json").read())
   assert lists["camera_names"] == ["cam1", "cam2", "cam3", "cam4", "cam9"]
+
+
+def test_extract_then_search_from_the_table_equals_the_main_job(tmp_path):
+  """A tiny trained workdir; its world's tracks.csv -> extract -> search: the extracted
+  features equal the main job's (same images, by name) and the search job's evaluation
+  (times in ms, bins of 4 s) equals the main job's (frames, bins of 100 frames)."""
+  from experiments import extract as extract_config  # pylint: disable=g-import-not-at-top
+  from experiments import search as search_config  # pylint: disable=g-import-not-at-top
+  from experiments import tiny  # pylint: disable=g-import-not-at-top
+  from jreid import feature_files  # pylint: disable=g-import-not-at-top
+  from jreid import jobs  # pylint: disable=g-import-not-at-top
+  from jreid import names as names_lib  # pylint: disable=g-import-not-at-top
+  trained = tmp_path / "trained"
+  config = tiny.get_config()
+  config.train.epochs = 1
+  config.eval.methods = ("visual", "st")
+  config.compilation_cache_dir = ""
+  jobs.run(config, str(trained))
+  table = str(trained / "synthetic_world" / synthetic.TRACKS_FILE)
+  config = extract_config.get_config()
+  config.trained_workdir, config.tracks.query = str(trained), table
+  config.compilation_cache_dir = ""
+  jobs.run(config, str(tmp_path / "extract"))
+  config = search_config.get_config()
+  config.tracks.train = config.tracks.query = table
+  config.features = str(tmp_path / "extract" / "features.npz")
+  config.eval.methods = ("visual", "st")
+  config.compilation_cache_dir = ""
+  jobs.run(config, str(tmp_path / "search"))
+  q_main, g_main, _ = feature_files.load_features(str(trained / "features.npz"))
+  q_ext, g_ext, extras = feature_files.load_features(str(tmp_path / "extract" / "features.npz"))
+  for main, ext, names in ((q_main, q_ext, extras["query_names"]),
+                           (g_main, g_ext, extras["gallery_names"])):
+    parsed = names_lib.parse_names([os.path.basename(str(n)) for n in names])
+    key = lambda r: list(zip(r.person_ids.tolist(), r.cameras.tolist(), r.times.tolist()))
+    where = {k: i for i, k in enumerate(key(parsed))}
+    order = [where[k] for k in key(main)]
+    np.testing.assert_array_equal(ext.features[order], main.features)
+  want = json.loads((trained / "results.json").read_text())
+  got = json.loads((tmp_path / "search" / "results.json").read_text())
+  assert got.keys() == want.keys() == {"visual", "st"}
+  for kind in want:   # the gallery order differs: sums may differ in the last bit
+    assert got[kind] == {k: pytest.approx(v, rel=1e-12) for k, v in want[kind].items()}
+  lists = json.loads((tmp_path / "search" / "rank_lists.json").read_text())
+  assert len(lists["queries"]) == len(q_main)
+  assert (tmp_path / "search" / "ranked_lists.png").exists()
