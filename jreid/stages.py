@@ -323,7 +323,8 @@ def fit_st(train: records_lib.Records, num_cameras: int, config, workdir: str
   if sharding.is_main_process():
     model.save(path)
     plots.plot_st_distributions(model.table, params.bin_width,
-                                files.join(workdir, "st_distributions.png"))
+                                files.join(workdir, "st_distributions.png"),
+                                ticks_per_second=config.st.fps, pair_counts=model.pair_counts)
   write_stamp(workdir, "fit_st", wanted)
   return model
 
@@ -415,7 +416,10 @@ def pictures(config, builder, query: records_lib.Records, gallery: records_lib.R
   plots.plot_ranked_lists(
       [q_images[i] for i in picks], [[g_images[j] for j in row] for row in top],
       gallery.person_ids[top] == q.person_ids[:, None], files.join(workdir, "ranked_lists.png"),
-      titles=[f"id {p} c{c + 1}" for p, c in zip(q.person_ids, q.cameras)])
+      titles=[f"query id {p}\nc{c + 1}" for p, c in zip(q.person_ids, q.cameras)],
+      ranked_by="joint score (junk and same-camera matches left out)",
+      gallery_labels=[[f"id {gallery.person_ids[j]}\nc{gallery.cameras[j] + 1}" for j in row]
+                      for row in top])
 
 
 def format_table(results: dict) -> str:
