@@ -143,7 +143,8 @@ def plot_ranked_lists(query_images: Sequence[np.ndarray],
                    fontsize=6)
       if gallery_labels is not None:
         ax.set_xlabel(gallery_labels[r][c], fontsize=5.5, labelpad=2)
-  title = f"Top-{k} gallery images of each query, ranked by {ranked_by} (rank: score)"
+  title = (f"Top-{k} gallery images of each query, ranked by {ranked_by}"
+           + ("" if scores is None else " (rank: score)"))
   handles = [] if matches is None else [
       matplotlib.patches.Patch(facecolor="white", edgecolor=MATCH_COLOUR, lw=3,
                                label="true match (same id)"),
