@@ -401,7 +401,7 @@ def parse_fps(text) -> float | dict[str, float] | None:
         raise ValueError
       rates[name.strip()] = float(value)
     except ValueError:
-      raise ValueError(f"fps: {part!r} in {text!r}; expected a number for every camera or "
+      raise errors.InputError(f"tracks.fps: {part!r} in {text!r}; expected a number for every camera or "
                        f"camera=fps pairs separated by commas (cam1=25,cam2=30)") from None
   return rates
 
@@ -410,7 +410,7 @@ def bin_width_ticks(bin_seconds: float, ticks_per_second: int = TICKS_PER_SECOND
   """ST bin width in ticks for bins of ``bin_seconds``; a whole number of ticks >= 1."""
   width = bin_seconds * ticks_per_second
   if not (math.isfinite(width) and width >= 1 and abs(width - round(width)) < 1e-6):
-    raise ValueError(f"st.bin_seconds must be a positive multiple of "
+    raise errors.InputError(f"st.bin_seconds must be a positive multiple of "
                      f"{1 / ticks_per_second:g} s (one tick), got {bin_seconds!r}")
   return int(round(width))
 

@@ -365,3 +365,19 @@ def test_extract_then_search_from_the_table_equals_the_main_job(tmp_path):
   lists = json.loads((tmp_path / "search" / "rank_lists.json").read_text())
   assert len(lists["queries"]) == len(q_main)
   assert (tmp_path / "search" / "ranked_lists.png").exists()
+
+
+def test_search_job_settings_are_checked_before_reading(tmp_path):
+  from experiments import search as search_config  # pylint: disable=g-import-not-at-top
+  from jreid import errors  # pylint: disable=g-import-not-at-top
+  from jreid import jobs  # pylint: disable=g-import-not-at-top
+  config = search_config.get_config()
+  config.compilation_cache_dir = ""
+  with pytest.raises(errors.InputError,
+                     match=r"search: set one of features .* and trained_workdir .*; set one of "
+                           r"tracks.train .* and st_model .*; tracks.query is empty"):
+    jobs.run(config, str(tmp_path / "w"))
+  config.features, config.tracks.train = "f.npz", "t.csv"
+  config.tracks.query = str(tmp_path / "missing.csv")
+  with pytest.raises(errors.InputError, match="tracks table 't.csv' does not exist"):
+    jobs.run(config, str(tmp_path / "w"))

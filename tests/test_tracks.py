@@ -180,5 +180,5 @@ def test_parse_fps():
   assert tracks.parse_fps("") is None
   assert tracks.parse_fps("25") == 25.0
   assert tracks.parse_fps("cam1=25, north gate=12.5") == {"cam1": 25.0, "north gate": 12.5}
-  with pytest.raises(ValueError, match=r"fps: 'cam2' in 'cam1=25,cam2'; expected"):
+  with pytest.raises(ValueError, match=r"tracks.fps: 'cam2' in 'cam1=25,cam2'; expected"):
     tracks.parse_fps("cam1=25,cam2")
