@@ -69,6 +69,7 @@ def evaluate_features(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     len(listing.skipped), ", ".join(listing.skipped[:5]))
   logging.info("features: %d queries, %d gallery, %d dims; %d training names",
                len(query), len(gallery), query.features.shape[1], len(listing.records))
+  names_lib.warn_if_test_split(listing.records, config.train_dir, logging.warning)
   num_cameras = max(listing.records.num_cameras, query.num_cameras, gallery.num_cameras)
   st_model = stages.fit_st(listing.records, num_cameras, config, workdir)
   return stages.evaluate(query, gallery, st_model, config, workdir)
@@ -276,20 +277,32 @@ JOBS: dict[str, Callable[[ml_collections.ConfigDict, str], dict]] = {
 }
 
 
-def enable_compilation_cache(cache_dir: str) -> str | None:
-  """JAX's persistent compilation cache in ``cache_dir`` ("default": ~/.cache/jreid/xla).
+COMPILATION_CACHE_BYTES = 4 << 30  # least recently used entries go beyond this
 
-  A second run of any job then loads its compiled programs instead of compiling.
-  Safe with several processes: JAX writes each entry to a temporary file and renames
-  it, so readers never see a partial entry. Returns the folder, or None when off.
+
+def enable_compilation_cache(cache_dir: str) -> str | None:
+  """JAX's persistent compilation cache in ``cache_dir``; returns it (None when off).
+
+  "default" is ``$XDG_CACHE_HOME/jreid/xla`` (``~/.cache/jreid/xla``). A second run of
+  any job then loads its compiled programs instead of compiling them. Programs that
+  compile in under 0.2 s are not stored. Safe with several processes, on one host or
+  sharing a folder: with a size bound JAX takes a file lock (the ``filelock``
+  package) around every read and write, so no process reads a half-written entry;
+  without ``filelock`` each process gets a folder of its own.
   """
   if not cache_dir:
     return None
   if cache_dir == "default":
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     cache_dir = os.path.join(base, "jreid", "xla")
+  try:
+    import filelock  # pylint: disable=g-import-not-at-top,unused-import
+    jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
+  except ImportError:
+    if jax.process_count() > 1:
+      cache_dir = os.path.join(cache_dir, f"process_{jax.process_index()}")
   jax.config.update("jax_compilation_cache_dir", cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return cache_dir
 
