@@ -154,10 +154,12 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     parts = config.num_parts
     query = search_lib.attach_features(
         query, scoring.l2_normalise_features(q_file.features, parts),
-        extras.get("query_names"), f"{config.features} (query_f)")
+        extras.get("query_names"), f"{config.features} (query_f)",
+        q_file.person_ids if q_rows.labelled else None)
     gallery = search_lib.attach_features(
         gallery, scoring.l2_normalise_features(g_file.features, parts),
-        extras.get("gallery_names"), f"{config.features} (gallery_f)")
+        extras.get("gallery_names"), f"{config.features} (gallery_f)",
+        g_file.person_ids if g_rows.labelled else None)
   else:
     query, gallery = extract_images(config, query, gallery)
   fusion = stages.fusion_params(config)

@@ -173,16 +173,19 @@ def brute_force_top_k(query: Records, gallery: Records, st_model: st_lib.STModel
 
 
 def attach_features(rows: Records, features: np.ndarray, feature_names: np.ndarray | None,
-                    source: str) -> Records:
+                    source: str, feature_ids: np.ndarray | None = None) -> Records:
   """``rows`` (from a tracks table) with the features of a features file's side.
 
   With ``feature_names`` (the file's ``*_names``), each row takes the feature whose
   name is its image path, or, failing that, its image's file name (when the file
   names are unique); without names, rows and features are matched by order.
 
+  With ``feature_ids`` (the file's identities, for a labelled table) the matched
+  rows must have the table's identities: a check that the match is right.
+
   Raises:
-    ValueError: naming ``source`` when a row has no feature, a name is ambiguous or
-      the counts differ.
+    ValueError: naming ``source`` when a row has no feature, a name is ambiguous,
+      the counts differ or matched identities differ.
   """
   features = np.asarray(features)
   if feature_names is None or rows.names is None:
@@ -190,6 +193,7 @@ def attach_features(rows: Records, features: np.ndarray, feature_names: np.ndarr
       raise ValueError(f"{source}: {len(features)} feature rows for {len(rows)} table rows; "
                        f"without names ({source} lacks *_names) they are matched by order, "
                        f"so the counts must be equal")
+    _check_ids(rows, np.arange(len(rows)), feature_ids, source, "by order")
     return rows.with_features(features)
   feature_names = [str(n) for n in np.asarray(feature_names).reshape(-1)]
   if len(feature_names) != len(features):
@@ -209,7 +213,22 @@ def attach_features(rows: Records, features: np.ndarray, feature_names: np.ndarr
                        f"the table's image {name!r}; names are matched as whole paths or, "
                        f"if unique, as file names")
     index.append(found[0])
-  return rows.with_features(features[np.asarray(index, np.int64)])
+  index = np.asarray(index, np.int64)
+  _check_ids(rows, index, feature_ids, source, "by name")
+  return rows.with_features(features[index])
+
+
+def _check_ids(rows: Records, index: np.ndarray, feature_ids, source: str, how: str) -> None:
+  if feature_ids is None:
+    return
+  differ = np.asarray(feature_ids).reshape(-1)[index] != rows.person_ids
+  if differ.any():
+    i = int(np.argmax(differ))
+    raise ValueError(f"{source}: rows matched {how} disagree on the identity in "
+                     f"{int(differ.sum())} of {len(rows)} rows, e.g. {str(rows.names[i])!r}: "
+                     f"{int(rows.person_ids[i])} in the table, "
+                     f"{int(np.asarray(feature_ids).reshape(-1)[index[i]])} in the file; "
+                     f"give the file *_names, or rows in the table's order")
 
 
 @dataclasses.dataclass(frozen=True)

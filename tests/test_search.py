@@ -201,6 +201,14 @@ def test_attach_features_by_path_file_name_or_order():
     search.attach_features(rows, f, np.array(["a.jpg", "c.jpg", "d.jpg"]), "x.npz")
   with pytest.raises(ValueError, match=r"x.npz: 2 feature rows named like .*b.jpg"):
     search.attach_features(rows, f, np.array(["/data/t/a.jpg", "1/b.jpg", "2/b.jpg"]), "x.npz")
+  # Identities check the match: the file's rows in another order without names.
+  with pytest.raises(ValueError, match=r"x.npz: rows matched by order disagree on the identity "
+                                       r"in 2 of 2 rows, e.g. '/data/t/a.jpg': 1 in the table, "
+                                       r"2 in the file"):
+    search.attach_features(rows, f[:2], None, "x.npz", feature_ids=np.array([2, 1]))
+  got = search.attach_features(rows, f, np.array(["b.jpg", "/data/t/a.jpg", "c.jpg"]), "x.npz",
+                               feature_ids=np.array([2, 1, 7]))
+  np.testing.assert_array_equal(got.features, [[0, 1], [1, 0]])
 
 
 def test_fit_from_table_uses_train_rows_and_counts_junk_and_distractors(tmp_path):
