@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jreid import errors
 from jreid import files
 from jreid import plots
 from jreid import records as records_lib
@@ -184,20 +185,20 @@ def attach_features(rows: Records, features: np.ndarray, feature_names: np.ndarr
   rows must have the table's identities: a check that the match is right.
 
   Raises:
-    ValueError: naming ``source`` when a row has no feature, a name is ambiguous,
+    errors.InputError: naming ``source`` when a row has no feature, a name is ambiguous,
       the counts differ or matched identities differ.
   """
   features = np.asarray(features)
   if feature_names is None or rows.names is None:
     if len(features) != len(rows):
-      raise ValueError(f"{source}: {len(features)} feature rows for {len(rows)} table rows; "
+      raise errors.InputError(f"{source}: {len(features)} feature rows for {len(rows)} table rows; "
                        f"without names ({source} lacks *_names) they are matched by order, "
                        f"so the counts must be equal")
     _check_ids(rows, np.arange(len(rows)), feature_ids, source, "by order")
     return rows.with_features(features)
   feature_names = [str(n) for n in np.asarray(feature_names).reshape(-1)]
   if len(feature_names) != len(features):
-    raise ValueError(f"{source}: {len(feature_names)} names for {len(features)} feature rows")
+    raise errors.InputError(f"{source}: {len(feature_names)} names for {len(features)} feature rows")
   exact = {n: i for i, n in enumerate(feature_names)}
   base = {}
   for i, n in enumerate(feature_names):
@@ -209,7 +210,7 @@ def attach_features(rows: Records, features: np.ndarray, feature_names: np.ndarr
       continue
     found = base.get(name.replace("\\", "/").rsplit("/", 1)[-1], [])
     if len(found) != 1:
-      raise ValueError(f"{source}: {'no' if not found else len(found)} feature rows named like "
+      raise errors.InputError(f"{source}: {'no' if not found else len(found)} feature rows named like "
                        f"the table's image {name!r}; names are matched as whole paths or, "
                        f"if unique, as file names")
     index.append(found[0])
@@ -224,7 +225,7 @@ def _check_ids(rows: Records, index: np.ndarray, feature_ids, source: str, how: 
   differ = np.asarray(feature_ids).reshape(-1)[index] != rows.person_ids
   if differ.any():
     i = int(np.argmax(differ))
-    raise ValueError(f"{source}: rows matched {how} disagree on the identity in "
+    raise errors.InputError(f"{source}: rows matched {how} disagree on the identity in "
                      f"{int(differ.sum())} of {len(rows)} rows, e.g. {str(rows.names[i])!r}: "
                      f"{int(rows.person_ids[i])} in the table, "
                      f"{int(np.asarray(feature_ids).reshape(-1)[index[i]])} in the file; "
