@@ -96,7 +96,8 @@ def main():
     baseline = (time.perf_counter() - start) * args.queries / n
     same = np.mean(np.all(expected == result.index[:n], axis=1))
     print(f"D={dims:5d}: jreid {first:6.2f} s first call (with compilation), "
-          f"{second:6.2f} s second (process CPU time {cpu:6.2f} s); numpy {baseline:6.2f} s (scaled from {n} queries); "
+          f"{second:6.2f} s second (process CPU time {cpu:6.2f} s); numpy {baseline:6.2f} s "
+          f"(scaled from {n} queries); "
           f"numpy / jreid {baseline / second:5.2f}x; same top-{args.k} on "
           f"{100 * same:.0f}% of the {n} checked queries")
     cores = os.cpu_count() or 1

@@ -191,14 +191,15 @@ def attach_features(rows: Records, features: np.ndarray, feature_names: np.ndarr
   features = np.asarray(features)
   if feature_names is None or rows.names is None:
     if len(features) != len(rows):
-      raise errors.InputError(f"{source}: {len(features)} feature rows for {len(rows)} table rows; "
-                       f"without names ({source} lacks *_names) they are matched by order, "
-                       f"so the counts must be equal")
+      raise errors.InputError(
+          f"{source}: {len(features)} feature rows for {len(rows)} table rows; without names "
+          f"({source} lacks *_names) they are matched by order, so the counts must be equal")
     _check_ids(rows, np.arange(len(rows)), feature_ids, source, "by order")
     return rows.with_features(features)
   feature_names = [str(n) for n in np.asarray(feature_names).reshape(-1)]
   if len(feature_names) != len(features):
-    raise errors.InputError(f"{source}: {len(feature_names)} names for {len(features)} feature rows")
+    raise errors.InputError(f"{source}: {len(feature_names)} names for {len(features)} "
+                            f"feature rows")
   exact = {n: i for i, n in enumerate(feature_names)}
   base = {}
   for i, n in enumerate(feature_names):
@@ -210,9 +211,9 @@ def attach_features(rows: Records, features: np.ndarray, feature_names: np.ndarr
       continue
     found = base.get(name.replace("\\", "/").rsplit("/", 1)[-1], [])
     if len(found) != 1:
-      raise errors.InputError(f"{source}: {'no' if not found else len(found)} feature rows named like "
-                       f"the table's image {name!r}; names are matched as whole paths or, "
-                       f"if unique, as file names")
+      raise errors.InputError(
+          f"{source}: {'no' if not found else len(found)} feature rows named like the table's "
+          f"image {name!r}; names are matched as whole paths or, if unique, as file names")
     index.append(found[0])
   index = np.asarray(index, np.int64)
   _check_ids(rows, index, feature_ids, source, "by name")

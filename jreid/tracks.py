@@ -401,8 +401,9 @@ def parse_fps(text) -> float | dict[str, float] | None:
         raise ValueError
       rates[name.strip()] = float(value)
     except ValueError:
-      raise errors.InputError(f"tracks.fps: {part!r} in {text!r}; expected a number for every camera or "
-                       f"camera=fps pairs separated by commas (cam1=25,cam2=30)") from None
+      raise errors.InputError(
+          f"tracks.fps: {part!r} in {text!r}; expected a number for every camera or "
+          f"camera=fps pairs separated by commas (cam1=25,cam2=30)") from None
   return rates
 
 

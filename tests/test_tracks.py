@@ -72,7 +72,8 @@ def test_frames_with_per_camera_fps(tmp_path):
 
 @pytest.mark.parametrize("text,kwargs,message", [
     ("camera,image\nc1,a.jpg\n", {}, r"missing column\(s\) \['time'\]"),
-    ("camera,time\nc1,1\n", dict(require_labels=True, check_images=False), r"missing column\(s\) \['person_id'\]"),
+    ("camera,time\nc1,1\n", dict(require_labels=True, check_images=False),
+     r"missing column\(s\) \['person_id'\]"),
     ("camera,time\n", dict(check_images=False), r"empty table \(a header but no rows\)"),
     ("", dict(check_images=False), r"empty table"),
     ("camera,time\nc1,1.5\nc2,12:30\n", dict(check_images=False),
