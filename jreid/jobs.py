@@ -194,7 +194,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       except FileNotFoundError as e:
         logging.warning("search: no ranked_lists.png: %s", e)
   if labelled:
-    summary["results"] = stages.evaluate(query, gallery, model, config, workdir)
+    summary["results"] = stages.evaluate(query, gallery, model, config, workdir,
+                                         rank_lists=False)
   return summary
 
 

@@ -389,3 +389,24 @@ def test_search_job_settings_are_checked_before_reading(tmp_path):
   config.tracks.query = str(tmp_path / "missing.csv")
   with pytest.raises(errors.InputError, match="tracks table 't.csv' does not exist"):
     jobs.run(config, str(tmp_path / "w"))
+
+
+def test_evaluation_writes_rank_lists(tmp_path):
+  """The evaluation stage (main job, features-file job) writes rank_lists.json too."""
+  from experiments import base  # pylint: disable=g-import-not-at-top
+  from jreid import stages  # pylint: disable=g-import-not-at-top
+  query, gallery, model = random_case()
+  gallery = Records(np.where(np.arange(len(gallery)) % 7 == 0, 3, gallery.person_ids),
+                    gallery.cameras, gallery.times, gallery.features, gallery.names)
+  query = Records(np.full(len(query), 3), (gallery.cameras[:7] + 1) % 3, query.times,
+                  query.features, query.names)
+  config = base.st_and_eval_config()
+  config.eval.methods = ("visual", "st")
+  config.eval.top_k = 5
+  stages.evaluate(query, gallery, model, config, str(tmp_path))
+  data = json.loads((tmp_path / search.RANK_LISTS_FILE).read_text())
+  want = search.top_k(query, gallery, model, stages.fusion_params(config), 5)
+  assert data["ranked_by"] == "joint" and data["k"] == 5 and data["time_unit"] == "frames"
+  assert [[r["image"] for r in q["results"]] for q in data["queries"]] == [
+      [f"g{i}.jpg" for i in row] for row in want.index.tolist()]
+  assert data["queries"][0]["results"][0]["camera"] == f"c{gallery.cameras[want.index[0, 0]] + 1}"
