@@ -16,6 +16,7 @@ are cached in the workdir (``jreid.stages``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable
 
@@ -46,6 +47,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   builder, data_digest = stages.prepare_data(config, workdir)
   mesh = sharding.make_mesh()
   query, gallery = stages.extract_or_reuse(config, workdir, builder, data_digest, mesh)
+  # File names for rank_lists.json (features are in split order).
+  query, gallery = (dataclasses.replace(r, names=market1501.split_records(builder, s).names)
+                    for r, s in ((query, "query"), (gallery, "gallery")))
   train = market1501.split_records(builder, "train")
   num_cameras = max(train.num_cameras, query.num_cameras, gallery.num_cameras)
   st_model = stages.fit_st(train, num_cameras, config, workdir)
