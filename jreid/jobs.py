@@ -233,11 +233,11 @@ def extract_images(config: ml_collections.ConfigDict, query: records_lib.Records
   graphdef, state = train_lib.create_train_state(trained, num_classes, steps_per_epoch=1)
   state, step = train_lib.restore_or_init(mngr, state, mesh)
   logging.info("extract: the model of %s (step %d)", trained_dir, step)
-  extract_step = features_lib.make_extract_step(graphdef, mesh)
+  extract_step = features_lib.make_extract_step(graphdef, mesh, tuple(trained.data.image_size))
   out = []
   for side, rows in (("query", query), ("gallery", gallery)):
     batches, n = image_files.batches([str(p) for p in rows.names], config.eval.batch_size,
-                                     tuple(trained.data.image_size))
+                                     stages.transfer_size(trained))
     found = features_lib.extract(extract_step, state, batches, n, sharding.data_sharding(mesh),
                                  trained.model.parts, name=f"extract {side}")
     out.append(rows.with_features(found.features))

@@ -4,7 +4,7 @@ The same per-image preprocessing and batch layout as the eval batches of the TFD
 splits (``jreid.data.pipeline.eval_batches``, whose image map this reuses): every
 file exactly once across all processes, each process reading its contiguous share,
 padded to one number of batches with ``mask = False`` rows. ``index`` is the row in
-``paths``; id, camera and time are placeholders (0, 1 and 0): the caller keeps the
+``paths``; id, camera and time are placeholders (0, 0 and 0): the caller keeps the
 rows' own records and takes the features alone. Only this package imports
 TensorFlow.
 """
@@ -27,13 +27,15 @@ def _decode(path: tf.Tensor) -> tf.Tensor:
   return image
 
 
-def batches(paths: Sequence[str], global_batch: int, image_size: tuple[int, int]
+def batches(paths: Sequence[str], global_batch: int,
+            transfer_size: tuple[int, int] = data_pipeline.TRANSFER_SIZE
             ) -> tuple[Iterator[dict[str, np.ndarray]], int]:
   """Local eval batches of ``paths`` (this process's share), as ``eval_batches``.
 
   Returns:
     (iterator, number of batches, the same on every process). Each batch: "image"
-    float32 [b, H, W, 3], "index" int64 [b] (row in ``paths``), "mask" bool [b]
+    uint8 [b, H, W, 3] at ``transfer_size`` (resized and normalised on the device by
+    the extraction step), "index" int64 [b] (row in ``paths``), "mask" bool [b]
     (False on padding), "id", "camera", "time" int64 [b] placeholders.
   """
   n, me = jax.process_count(), jax.process_index()
@@ -44,21 +46,19 @@ def batches(paths: Sequence[str], global_batch: int, image_size: tuple[int, int]
   bounds = [(p * total) // n for p in range(n + 1)]
   lo, hi = bounds[me], bounds[me + 1]
   num_batches = max(1, math.ceil(max(b - a for a, b in zip(bounds[:-1], bounds[1:])) / local))
-  H, W = image_size
+  H, W = transfer_size
   ds = tf.data.Dataset.from_tensor_slices(
       {"path": tf.constant([str(p) for p in paths[lo:hi]] or [""], tf.string),
        "index": tf.range(lo, max(hi, lo + 1), dtype=tf.int64)}).take(hi - lo)
-  # The eval map of the TFDS splits (private there; one preprocessing for both paths).
-  # pylint: disable-next=protected-access
-  resize, normalise = data_pipeline._resize, data_pipeline._normalise
+  # The eval map of the TFDS splits (one host preprocessing for both paths).
   ds = ds.map(lambda ex: {
-      "image": normalise(resize(_decode(ex["path"]), image_size)),
-      "id": tf.constant(0, tf.int64), "camera": tf.constant(1, tf.int64),
+      "image": data_pipeline.fit_to_transfer_size(_decode(ex["path"]), transfer_size),
+      "id": tf.constant(0, tf.int64), "camera": tf.constant(0, tf.int64),
       "time": tf.constant(0, tf.int64), "index": ex["index"], "mask": True},
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   pad = tf.data.Dataset.from_tensors({
-      "image": tf.zeros([H, W, 3]), "id": tf.constant(0, tf.int64),
-      "camera": tf.constant(1, tf.int64), "time": tf.constant(0, tf.int64),
+      "image": tf.zeros([H, W, 3], tf.uint8), "id": tf.constant(0, tf.int64),
+      "camera": tf.constant(0, tf.int64), "time": tf.constant(0, tf.int64),
       "index": tf.constant(-1, tf.int64), "mask": False}).repeat()
   ds = ds.concatenate(pad).take(num_batches * local).batch(local).prefetch(tf.data.AUTOTUNE)
   return ds.as_numpy_iterator(), num_batches
