@@ -193,7 +193,6 @@ def train_input(images: jax.Array, draws: jax.Array, size: tuple[int, int],
   H, W = size
   x = to_model_input(images, size, dtype)
   if params.flip:
-    # Flipping commutes with the normalisation and with the (mirror-symmetric) resize.
     flip = draws[:, 0] < 0.5
     x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
   if params.erase_probability > 0:

@@ -240,8 +240,8 @@ def test_image_file_batches_equal_the_eval_batches_of_the_same_images(world, bui
   names = data_pipeline.read_records(builder, "query")["filename"].astype(str)
   folder = os.path.join(world[0], synthetic.ROOT_NAME, "query")
   paths = [os.path.join(folder, n) for n in names]
-  want, n_want = data_pipeline.eval_batches(builder, "query", 8, (64, 32))
-  got, n_got = image_files.batches(paths, 8, (64, 32))
+  want, n_want = data_pipeline.eval_batches(builder, "query", 8, (32, 16))
+  got, n_got = image_files.batches(paths, 8, (32, 16))
   assert n_got == n_want == -(-len(paths) // 8)
   want, got = list(want), list(got)
   for w, g in zip(want, got):
