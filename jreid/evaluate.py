@@ -86,14 +86,15 @@ def match_lists(query_ids: np.ndarray, query_cameras: np.ndarray, gallery_ids: n
   return (np.where(good, cand, -1).astype(np.int32), np.where(junk, cand, -1).astype(np.int32))
 
 
-def _kind_scores(kind: str, cosine, st_table, bin_width, fusion, q_cameras, q_times,
+def _kind_scores(kind: str, cosine, st_factors, bin_width, fusion, q_cameras, q_times,
                  g_cameras, g_times):
-  """Scores (larger is better) of one kind from cosine scores of any broadcastable shape."""
+  """Scores (larger is better) of one kind from cosine scores of any broadcastable shape;
+  ``st_factors`` is ``scoring.st_factor_table`` of the ST table."""
   if kind == "visual":
     return cosine
-  prob = scoring.pair_st_probabilities(st_table, bin_width, q_cameras, q_times, g_cameras,
-                                       g_times)
-  return scoring.joint_scores(cosine, prob, fusion)
+  factors = scoring.pair_st_factors(st_factors, bin_width, q_cameras, q_times, g_cameras,
+                                    g_times)
+  return scoring.joint_scores_from_factors(cosine, factors, fusion)
 
 
 class _Timer:
@@ -330,7 +331,6 @@ def _ranks_kernel(mesh, methods, block, tile, first_gallery, num_gallery, num_it
 # Re-ranking: neighbours, expansion sets, V, query expansion.
 
 
-@functools.partial(jax.jit, static_argnames=("k1", "num_items"))
 def _members_union(neighbours, *, k1, num_items):
   """Per kind the expansion sets [kinds, N, M], and their union per item [N, kinds M]."""
   members, counts = jax.vmap(lambda nb: rerank_lib.expansion_members(nb, k1))(neighbours)
@@ -340,7 +340,6 @@ def _members_union(neighbours, *, k1, num_items):
   return members, counts.max(), union, union_counts.max()
 
 
-@functools.partial(jax.jit, static_argnames=("k2", "num_items"))
 def _build_v(members, union, union_distances, row_max, neighbours, *, k2, num_items):
   """V rows per kind ([kinds, N, W]) from the distances to the union members; then the
   query expansion when k2 > 1. Returns (index, value, max count)."""
@@ -393,13 +392,16 @@ def _rerank_inputs(place, mesh, timer, kinds, items, num_queries, table, params,
   progress.finish()
   timer.add("neighbour pass", time.time() - start_time)
 
+  members_union = timer.compile("expansion sets", functools.partial(
+      _members_union, k1=params.k1, num_items=N), neighbours)
   start_time = time.time()
-  members, width, union, union_width = _members_union(neighbours, k1=params.k1, num_items=N)
+  members, width, union, union_width = members_union(neighbours)
   width, union_width = int(width), int(union_width)
   members, union = members[:, :, :max(1, width)], np.asarray(union)[:, :max(1, union_width)]
+  logging.info("rerank: expansion sets of up to %d items (%d for the kinds together, mean %.1f)",
+               width, union_width, float((union < N).sum(axis=1).mean()))
   timer.add("expansion sets", time.time() - start_time)
 
-  start_time = time.time()
   pair_rows = records_lib.chunk_rows(N, union.shape[1] * features.shape[1], 4 * budget_elements)
   union_c = np.append(np.asarray(cameras, np.int32), 0)[union]  # N (empty slot) -> 0
   union_t = np.append(np.asarray(times, np.int32), 0)[union]
@@ -410,6 +412,7 @@ def _rerank_inputs(place, mesh, timer, kinds, items, num_queries, table, params,
                          p_pad(times, s, e, 0), p_pad(union, s, e, N),
                          p_pad(union_c, s, e, 0), p_pad(union_t, s, e, 0))
   pairs = timer.compile("pair distances", pairs, *p_args(0, pair_rows), cols.features, table)
+  start_time = time.time()
   progress = progress_lib.Progress("rerank pair distances", N, "items")
   for s, e in _chunks(N, pair_rows):
     union_distances[:, s:e] = _host(pairs(*p_args(s, e), cols.features, table))[:, :e - s]
@@ -417,23 +420,30 @@ def _rerank_inputs(place, mesh, timer, kinds, items, num_queries, table, params,
   progress.finish()
   timer.add("pair distances", time.time() - start_time)
 
-  start_time = time.time()
   k2 = min(params.k2, k)
-  index, value, width = _build_v(members, jnp.asarray(union), jnp.asarray(union_distances),
-                                 jnp.asarray(row_max), jnp.asarray(neighbours), k2=k2,
-                                 num_items=N)
+  v_args = (members, jnp.asarray(union), jnp.asarray(union_distances), jnp.asarray(row_max),
+            jnp.asarray(neighbours))
+  build_v = timer.compile("weights and query expansion", functools.partial(
+      _build_v, k2=k2, num_items=N), *v_args)
+  start_time = time.time()
+  index, value, width = build_v(*v_args)
   width = max(1, int(np.max(np.asarray(width))))
   index, value = np.asarray(index)[:, :, :width], np.asarray(value)[:, :, :width]
+  logging.info("rerank: V rows of up to %d items after query expansion (mean %.1f)", width,
+               float((index < N).sum(axis=2).mean()))
   total = block * place.devices
   pad3 = lambda x, v: np.concatenate(
       [x, np.full((x.shape[0], total - N, x.shape[2]), v, x.dtype)], axis=1) if total > N else x
-  lists = _column_lists_kernel(mesh, len(kinds), N)
-  item, weight, start, terms = lists(place.shard_columns(pad3(index, N)),
-                                     place.shard_columns(pad3(value, 0.0)),
-                                     place.put(index[:, :num_queries]))
-  timer.add("weights, query expansion, inverted index", time.time() - start_time)
+  timer.add("weights and query expansion", time.time() - start_time)
+  l_args = (place.shard_columns(pad3(index, N)), place.shard_columns(pad3(value, 0.0)),
+            place.put(index[:, :num_queries]))
+  lists = timer.compile("inverted index", _column_lists_kernel(mesh, len(kinds), N), *l_args)
+  start_time = time.time()
+  item, weight, start, terms = lists(*l_args)
+  terms = _host(terms)
+  timer.add("inverted index", time.time() - start_time)
   return (row_max[:, :num_queries], index[:, :num_queries], value[:, :num_queries],
-          (item, weight, start), _host(terms), cols, block)
+          (item, weight, start), terms, cols, block)
 
 
 # ----------------------------------------------------------------------------------------
@@ -474,8 +484,9 @@ def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, 
   job_start = time.time()
   Q, G = len(query), len(gallery)
   good, junk = match_lists(query.person_ids, query.cameras, gallery.person_ids, gallery.cameras)
-  table = place.put(np.zeros((1, 1, 1), np.float32) if st_table is None
-                    else np.asarray(st_table, np.float32))
+  # The ST factor table ([1, 1, 1] zeros for visual only): every kernel takes it.
+  table = place.put(np.zeros((1, 1, 1), np.float32) if st_table is None else np.asarray(
+      scoring.st_factor_table(np.asarray(st_table, np.float32), fusion)))
   rerank_kinds = [k for k in SCORE_KINDS
                   if any(METHODS[m].rerank and METHODS[m].score == k for m in methods)]
   qf = np.asarray(query.features, np.float32)
@@ -495,6 +506,8 @@ def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, 
     tile = block
     chunk_terms = max(int(terms[:, s:e].sum(axis=1).max()) for s, e in _chunks(Q, rows))
     num_terms = max(1024, -(-chunk_terms // 1024) * 1024)
+    logging.info("rerank: %d Jaccard terms per chunk of %d queries at most (mean per query %.0f)",
+                 num_terms, rows, float(terms.mean()))
   else:
     cols, block = _columns(place, gallery.features, gallery.cameras, gallery.times,
                            np.ones(G, bool), gallery.person_ids == -1)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _NO_INDEX = np.iinfo(np.int32).max
+_LINEAR_MAX_GOODS = 64  # up to this many good items per query: compare with each
 
 
 def good_item_ranks(scores: jax.Array, good_index: jax.Array, junk_index: jax.Array,
@@ -98,22 +99,30 @@ def negatives_histogram(scores: jax.Array, offset, column_valid: jax.Array,
   Q, L = scores.shape
   K = good_index.shape[1]
   rows = jnp.arange(Q)[:, None]
-  # For every column j: how many good items precede it (binary search). The sorted
-  # good items are read through flat 1-D gathers (row * K + mid).
+  # For every column j: how many good items precede it.
   column_index = (offset + jnp.arange(L, dtype=jnp.int32))[None, :]
-  flat_scores, flat_index = sorted_scores.reshape(-1), sorted_index.reshape(-1)
-  row_base = (jnp.arange(Q, dtype=jnp.int32) * K)[:, None]
-  lo = jnp.zeros((Q, L), jnp.int32)
-  hi = jnp.full((Q, L), K, jnp.int32)
-  for _ in range(max(1, int(np.ceil(np.log2(K + 1))))):
-    mid = (lo + hi) // 2
-    at = row_base + jnp.minimum(mid, K - 1)
-    s_mid, i_mid = flat_scores[at], flat_index[at]
-    good_first = (s_mid > scores) | ((s_mid == scores) & (i_mid < column_index))
-    good_first &= mid < hi
-    lo = jnp.where(good_first, mid + 1, lo)
-    hi = jnp.where(good_first, hi, mid)
-  goods_before = lo
+  if K <= _LINEAR_MAX_GOODS:
+    # Compare with each good item: K row-broadcast compares fused in one loop, no
+    # gathers (much faster than a binary search on CPU and GPU for Market's K).
+    goods_before = jnp.zeros((Q, L), jnp.int32)
+    for k in range(K):
+      s_k, i_k = sorted_scores[:, k:k + 1], sorted_index[:, k:k + 1]
+      goods_before += ((s_k > scores) | ((s_k == scores) & (i_k < column_index))).astype(jnp.int32)
+  else:
+    # Binary search; the sorted good items are read through flat 1-D gathers.
+    flat_scores, flat_index = sorted_scores.reshape(-1), sorted_index.reshape(-1)
+    row_base = (jnp.arange(Q, dtype=jnp.int32) * K)[:, None]
+    lo = jnp.zeros((Q, L), jnp.int32)
+    hi = jnp.full((Q, L), K, jnp.int32)
+    for _ in range(max(1, int(np.ceil(np.log2(K + 1))))):
+      mid = (lo + hi) // 2
+      at = row_base + jnp.minimum(mid, K - 1)
+      s_mid, i_mid = flat_scores[at], flat_index[at]
+      good_first = (s_mid > scores) | ((s_mid == scores) & (i_mid < column_index))
+      good_first &= mid < hi
+      lo = jnp.where(good_first, mid + 1, lo)
+      hi = jnp.where(good_first, hi, mid)
+    goods_before = lo
 
   # Negatives: neither junk nor good (nor an invalid column).
   excluded = jnp.zeros((Q, L), jnp.bool_) | (column_junk | ~column_valid)[None, :]
