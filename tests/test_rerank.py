@@ -62,33 +62,32 @@ def _ranks_from_distance(final, query, gallery):
                                             jnp.asarray(gallery.person_ids == -1))), good, junk
 
 
-@pytest.mark.parametrize("use_st, k1, k2, lam", [(False, 20, 6, 0.3), (True, 20, 6, 0.3),
-                                                 (True, 5, 1, 0.5), (False, 7, 3, 0.0)])
-def test_matches_dense_paper_implementation(use_st, k1, k2, lam):
+@pytest.mark.parametrize("k1, k2, lam", [(20, 6, 0.3), (5, 1, 0.5), (7, 3, 0.0)])
+def test_matches_dense_paper_implementation(k1, k2, lam):
+  # Both kinds in one call (they share the neighbour pass), each against the dense
+  # implementation of its own distance.
   query, gallery = _world(0, 20, 70)
-  table = None
-  if use_st:
-    rng = np.random.default_rng(5)
-    table = numpy_reference.fit_st(rng.integers(0, 12, 200), rng.integers(0, 3, 200),
-                                   rng.integers(0, 3000, 200), 3, num_bins=40, sigma=3)
+  rng = np.random.default_rng(5)
+  table = numpy_reference.fit_st(rng.integers(0, 12, 200), rng.integers(0, 3, 200),
+                                 rng.integers(0, 3000, 200), 3, num_bins=40, sigma=3)
+  got = evaluate.method_ranks(query, gallery, table, bin_width=100,
+                              fusion=scoring.FusionParams(),
+                              methods=["visual_rerank", "st_rerank"],
+                              rerank=rerank.RerankParams(k1, k2, lam), budget_elements=300)
   f = np.concatenate([query.features, gallery.features])
   cams = np.concatenate([query.cameras, gallery.cameras])
   times = np.concatenate([query.times, gallery.times])
-  score = (f @ f.T).astype(np.float64)
-  if table is not None:
-    p = np.stack([numpy_reference.st_row(table, cams[i], times[i], cams, times)
-                  for i in range(len(f))])
-    score = 1 / (1 + np.exp(-5 * score)) / (1 + 2 * np.exp(-5 * p))
-  final = dense_rerank(2 - 2 * score, len(query), k1, k2, lam)
-  expected, good, junk = _ranks_from_distance(final, query, gallery)
-  method = "st_rerank" if use_st else "visual_rerank"
-  got = evaluate.method_ranks(query, gallery, table, bin_width=100,
-                              fusion=scoring.FusionParams(), methods=[method],
-                              rerank=rerank.RerankParams(k1, k2, lam),
-                              budget_elements=300)[method]
-  np.testing.assert_array_equal(got, expected)
-  assert metrics.retrieval_metrics(got, 10).mAP == pytest.approx(
-      metrics.retrieval_metrics(expected, 10).mAP, abs=1e-12)
+  for method, use_st in (("visual_rerank", False), ("st_rerank", True)):
+    score = (f @ f.T).astype(np.float64)
+    if use_st:
+      p = np.stack([numpy_reference.st_row(table, cams[i], times[i], cams, times)
+                    for i in range(len(f))])
+      score = 1 / (1 + np.exp(-5 * score)) / (1 + 2 * np.exp(-5 * p))
+    final = dense_rerank(2 - 2 * score, len(query), k1, k2, lam)
+    expected, good, junk = _ranks_from_distance(final, query, gallery)
+    np.testing.assert_array_equal(got[method], expected)
+    assert metrics.retrieval_metrics(got[method], 10).mAP == pytest.approx(
+        metrics.retrieval_metrics(expected, 10).mAP, abs=1e-12)
 
 
 def test_expansion_sets_hand_case():
