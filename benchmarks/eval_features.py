@@ -79,9 +79,9 @@ def jreid_child(features, train_dir, methods, budget_elements):
       f[f"{s}_label"].reshape(-1), f[f"{s}_cam"].reshape(-1) - 1, f[f"{s}_frames"].reshape(-1),
       scoring.l2_normalise_features(f[f"{s}_f"]))
   query, gallery = side("query"), side("gallery")
-  train = names.list_image_folder(train_dir).table
-  num_cameras = int(max(train.camera.max(), query.cameras.max() + 1, gallery.cameras.max() + 1))
-  model = st.fit(train.person_id, train.camera - 1, train.time, num_cameras)
+  train = names.list_image_folder(train_dir).records
+  num_cameras = int(max(train.cameras.max(), query.cameras.max(), gallery.cameras.max())) + 1
+  model = st.fit(train.person_ids, train.cameras, train.times, num_cameras)
   found = evaluate.evaluate(query, gallery, model.table, bin_width=model.params.bin_width,
                             methods=methods, budget_elements=budget_elements)
   print("BENCH " + json.dumps(dict(

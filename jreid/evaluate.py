@@ -53,6 +53,10 @@ class Method:
   score: str
   rerank: bool = False
 
+  @property
+  def st(self) -> bool:
+    return self.score == "st"
+
 
 METHODS: dict[str, Method] = {
     "visual": Method("visual"),
