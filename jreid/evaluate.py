@@ -184,7 +184,7 @@ def _block_offset(block: int):
 # Kernels (built per call with their static settings; run under shard_map).
 
 
-def _neighbour_kernel(mesh, kinds, k, block, num_items, bin_width, fusion):
+def _neighbour_kernel(mesh, kinds, k, block, bin_width, fusion):
   """Rows [R] x all items: k nearest items [kinds, R, k] and row maxima [kinds, R]."""
 
   def body(row_f, row_c, row_t, cols: _Columns, item_valid, table):
@@ -208,7 +208,6 @@ def _neighbour_kernel(mesh, kinds, k, block, num_items, bin_width, fusion):
       max_out.append(jax.lax.pmax(row_max, AXIS))
     return jnp.stack(index_out), jnp.stack(max_out)
 
-  del num_items
   cols_spec = _Columns(*(P(AXIS),) * 5)
   return jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(), cols_spec, P(AXIS), P()),
                        out_specs=(P(), P()), check_vma=False)
@@ -383,7 +382,7 @@ def _rerank_inputs(place, mesh, timer, kinds, items, num_queries, table, params,
   row_f = lambda s, e: place.put(_pad_to(features[s:e], rows, 0.0))
   row_i = lambda x, s, e: place.put(_pad_to(x[s:e], rows, 0))
   kernel = timer.compile("neighbour pass", _neighbour_kernel(
-      mesh, kinds, k, block, N, bin_width, fusion), row_f(0, rows), row_i(cameras, 0, rows),
+      mesh, kinds, k, block, bin_width, fusion), row_f(0, rows), row_i(cameras, 0, rows),
       row_i(times, 0, rows), cols, item_valid, table)
   progress = progress_lib.Progress(f"rerank neighbours ({'+'.join(kinds)})", N, "items")
   start_time = time.time()
