@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import resource
 import time
 from typing import Callable, NamedTuple, Sequence
 
@@ -118,6 +119,8 @@ class _Timer:
 
   def add(self, name: str, seconds: float):
     self.run_s[name] = self.run_s.get(name, 0.0) + seconds
+    logging.info("evaluate: %s took %.2f s (peak RSS so far %.0f MB)", name, seconds,
+                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 class _Placement:

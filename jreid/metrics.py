@@ -103,7 +103,8 @@ def negatives_histogram(scores: jax.Array, offset, column_valid: jax.Array,
   column_index = (offset + jnp.arange(L, dtype=jnp.int32))[None, :]
   if K <= _LINEAR_MAX_GOODS:
     # Compare with each good item: K row-broadcast compares fused in one loop, no
-    # gathers (much faster than a binary search on CPU and GPU for Market's K).
+    # gathers (much faster than a binary search on CPU for Market's K; a [Q, L, K]
+    # form would be materialised).
     goods_before = jnp.zeros((Q, L), jnp.int32)
     for k in range(K):
       s_k, i_k = sorted_scores[:, k:k + 1], sorted_index[:, k:k + 1]
