@@ -484,6 +484,10 @@ def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, 
                      f"features {gallery.features.shape[1]}")
   if budget_elements < 1:
     raise ValueError(f"budget_elements must be >= 1, got {budget_elements}")
+  if len(gallery) == 0:
+    raise ValueError("the gallery is empty: nothing to rank the queries against")
+  if len(query) == 0:
+    return {m: np.zeros((0, 1), np.int64) for m in methods}
   mesh = mesh or sharding.make_mesh()
   place = _Placement(mesh)
   timer = _Timer()

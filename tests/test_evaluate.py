@@ -97,6 +97,9 @@ def test_registry_and_bad_requests():
     evaluate.evaluate(q, g, None, bin_width=100, methods=["nope"])
   with pytest.raises(ValueError, match="need an ST table"):
     evaluate.evaluate(q, g, None, bin_width=100, methods=["visual", "st_rerank"])
+  with pytest.raises(ValueError, match="the gallery is empty"):
+    evaluate.evaluate(q, g.select(np.zeros(len(g), bool)), None, bin_width=100,
+                      methods=["visual"])
   with pytest.raises(ValueError, match="4 dims but gallery features 3"):
     evaluate.evaluate(q, g.with_features(g.features[:, :3]), None, bin_width=100,
                       methods=["visual"])
