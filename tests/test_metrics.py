@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -106,14 +107,20 @@ def test_blocks_of_columns_add_up():
   scores = jnp.asarray(rng.integers(0, 6, (Q, G)) / 5.0, jnp.float32)  # many exact ties
   gids, gcams = rng.integers(-1, 5, G), rng.integers(0, 3, G)
   good, junk = evaluate.match_lists(rng.integers(0, 5, Q), rng.integers(0, 3, Q), gids, gcams)
-  whole = metrics.good_item_ranks(scores, jnp.asarray(good), jnp.asarray(junk),
-                                  jnp.asarray(gids == -1))
-  valid = jnp.ones((G,), bool)
-  parts = [(0, scores[:, :17]), (17, scores[:, 17:])]
-  best = jnp.maximum(*[metrics.gather_good_scores(s, o, valid[:s.shape[1]], good)
-                       for o, s in parts])
-  sorted_scores, sorted_index = metrics.sort_good_items(best, good, G)
-  hist = sum(metrics.negatives_histogram(s, o, valid[:s.shape[1]], jnp.asarray(gids == -1)[o:o + s.shape[1]],
-                                         good, junk, sorted_scores, sorted_index)
-             for o, s in parts)
-  np.testing.assert_array_equal(metrics.ranks_from_histogram(hist, good, G), whole)
+  whole = jax.jit(metrics.good_item_ranks)(scores, jnp.asarray(good), jnp.asarray(junk),
+                                           jnp.asarray(gids == -1))
+
+  @jax.jit
+  def in_two_blocks(scores, good, junk, column_junk):
+    valid = jnp.ones((G,), bool)
+    parts = [(0, scores[:, :17]), (17, scores[:, 17:])]
+    best = jnp.maximum(*[metrics.gather_good_scores(s, o, valid[o:o + s.shape[1]], good)
+                         for o, s in parts])
+    sorted_scores, sorted_index = metrics.sort_good_items(best, good, G)
+    hist = sum(metrics.negatives_histogram(s, o, valid[o:o + s.shape[1]],
+                                           column_junk[o:o + s.shape[1]], good, junk,
+                                           sorted_scores, sorted_index) for o, s in parts)
+    return metrics.ranks_from_histogram(hist, good, G)
+
+  np.testing.assert_array_equal(
+      in_two_blocks(scores, good, junk, jnp.asarray(gids == -1)), whole)
