@@ -86,14 +86,15 @@ def _changed_fields(config) -> list[str]:
   defaults = (base.training_config() if config.job == "train_and_evaluate"
               else base.st_and_eval_config()).to_dict()
 
-  def flat(d, prefix=""):
+  def flat(d, base, prefix=""):
     for k, v in d.items():
-      if isinstance(v, dict):
-        yield from flat(v, f"{prefix}{k}.")
-      else:
+      if isinstance(v, dict) and isinstance(base.get(k), dict):
+        yield from flat(v, base[k], f"{prefix}{k}.")
+      else:  # a leaf, or a section the defaults lack (shown whole)
         yield f"{prefix}{k}", v
-  before = dict(flat(defaults))
-  return [f"{k}={v!r}" for k, v in flat(config.to_dict()) if before.get(k, object()) != v]
+  before = dict(flat(defaults, defaults))
+  return [f"{k}={v!r}" for k, v in flat(config.to_dict(), defaults)
+          if before.get(k, object()) != v]
 
 
 def main(argv):

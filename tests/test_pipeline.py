@@ -39,7 +39,9 @@ def test_main_job_writes_results_and_pictures(tiny_run):
   assert os.listdir(workdir / "tensorboard")
   assert "steps/s" in proc.stderr and "ETA" in proc.stderr
   assert "\x1b[" not in proc.stderr and "\r" not in proc.stderr  # no progress-bar escapes
-  assert "changed from the defaults: data.dataset='synthetic'" in proc.stderr
+  shown = [l for l in proc.stderr.splitlines() if "changed from the defaults:" in l]
+  assert len(shown) == 1 and "data.dataset='synthetic'" in shown[0]
+  assert "model.depth=0" in shown[0] and "st.sigma" not in shown[0]
   assert "rank-1" in proc.stdout
   # The features file is the evaluate-from-features format: one row per image.
   f = np.load(workdir / "features.npz")
