@@ -73,6 +73,7 @@ def training_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.dataset = "market1501"   # or "synthetic" (jreid.stages.DATASETS)
   config.data.image_size = (384, 192)  # the model's input, resized on the device
+  config.data.transfer_size = ()       # uint8 boxes sent to the device; (): the dataset's (Market 128x64)
   config.data.sampler = "random"       # or "pk": ids_per_batch x images_per_id batches
   config.data.ids_per_batch = 8
   config.data.images_per_id = 4

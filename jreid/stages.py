@@ -237,7 +237,7 @@ def check_training_products(config, workdir: str, wanted: str) -> None:
 def transfer_size(config) -> tuple[int, int]:
   """(height, width) of the uint8 boxes sent to the device: config.data.transfer_size
   when set, else the synthetic world's box, else Market-1501's 128 x 64."""
-  if config.data.get("transfer_size"):
+  if config.data.transfer_size:
     return tuple(config.data.transfer_size)
   if config.data.dataset == "synthetic":
     return (config.data.synthetic.image_height, config.data.synthetic.image_width)

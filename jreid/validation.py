@@ -84,6 +84,10 @@ def _training_job(config: ml_collections.ConfigDict, device_count: int, process_
   if len(d.image_size) != 2 or any(not isinstance(x, int) or x < 8 for x in d.image_size):
     problems.append(f"data.image_size={tuple(d.image_size)!r}: expected (height, width), "
                     f"whole numbers >= 8")
+  size = tuple(d.transfer_size)
+  if size and (len(size) != 2 or any(not isinstance(x, int) or x < 8 for x in size)):
+    problems.append(f"data.transfer_size={size!r}: expected () (the dataset's box size) or "
+                    f"(height, width), whole numbers >= 8")
   _number(problems, "train.batch_size", t.batch_size, 1, integer=True)
   _number(problems, "train.epochs", t.epochs, 0, low_open=True)
   _number(problems, "eval.batch_size", config.eval.batch_size, 1, integer=True)
