@@ -89,7 +89,7 @@ def test_extraction_keeps_split_order_and_drops_padding():
   index = np.array([[3, 0, -1, -1], [1, 4, 2, -1]])
   mask = index >= 0
   batches = [{"image": np.zeros((4, 2, 2, 3), np.uint8) + i[:, None, None, None].clip(0),
-              "index": i, "mask": m, "id": i * 10, "camera": i + 1, "time": i * 100}
+              "index": i, "mask": m, "id": i * 10, "camera": i, "time": i * 100}
              for i, m in zip(index, mask)]
   import jax  # pylint: disable=g-import-not-at-top
   from jreid import sharding  # pylint: disable=g-import-not-at-top
@@ -100,7 +100,7 @@ def test_extraction_keeps_split_order_and_drops_padding():
       axis=-1)[:, None, :]
   out = features.extract(step, None, iter(batches), 2, sharding.data_sharding(mesh), 1)
   assert out.person_ids.tolist() == [0, 10, 20, 30, 40]
-  assert out.cameras.tolist() == [0, 1, 2, 3, 4]  # 1-based in the split, 0-based records
+  assert out.cameras.tolist() == [0, 1, 2, 3, 4]
   assert out.times.tolist() == [0, 100, 200, 300, 400]
   expected = np.array([[i + 1, 1] for i in range(5)], np.float32)
   np.testing.assert_allclose(out.features,
