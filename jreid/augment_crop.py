@@ -26,10 +26,15 @@ def pad_and_crop(images: jax.Array, offsets: jax.Array, pad: int,
   """
   b, h, w, c = images.shape
   fill = jnp.broadcast_to(jnp.asarray(fill, images.dtype), (c,))
-  canvas = jnp.broadcast_to(fill, (b, h + 2 * pad, w + 2 * pad, c))
-  canvas = canvas.at[:, pad:pad + h, pad:pad + w].set(images)
-  crop = lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c))
-  return jax.vmap(crop)(canvas, offsets.astype(jnp.int32))
+  # Padding (images - fill) with zeros keeps the batch's sharding (no scatter); the
+  # crop is a select over the 2 pad + 1 static row windows, then the column windows
+  # (elementwise, so any batch sharding is kept).
+  canvas = jnp.pad(images - fill, ((0, 0), (pad, pad), (pad, pad), (0, 0))) + fill
+  offsets = offsets.astype(jnp.int32)
+  rows = sum(jnp.where((offsets[:, 0] == dy)[:, None, None, None], canvas[:, dy:dy + h], 0)
+             for dy in range(2 * pad + 1))
+  return sum(jnp.where((offsets[:, 1] == dx)[:, None, None, None], rows[:, :, dx:dx + w], 0)
+             for dx in range(2 * pad + 1))
 
 
 def random_pad_crop(images: jax.Array, key: jax.Array, pad: int,

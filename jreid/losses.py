@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
@@ -36,13 +37,22 @@ def part_losses(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0
   return cross_entropy(logits, labels[:, None], label_smoothing).mean(axis=0)
 
 
+def _replicated(x: jax.Array) -> jax.Array:
+  """x gathered on every device when it is sharded explicitly (pairwise terms need all rows)."""
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or mesh.empty or all(s is None for s in sharding.spec):
+    return x
+  return jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, P()))
+
+
 def euclidean_distances(x: jax.Array) -> jax.Array:
   """[B, D] -> [B, B] Euclidean distances (float32), exactly 0 on the diagonal.
 
   sqrt(max(|a|^2 + |b|^2 - 2 a.b, 1e-12)) as Luo et al.'s code: the clamp keeps the
   gradient finite where two embeddings coincide.
   """
-  x = x.astype(jnp.float32)
+  x = _replicated(x).astype(jnp.float32)
   sq = jnp.sum(x * x, axis=-1)
   d2 = sq[:, None] + sq[None, :] - 2.0 * jnp.dot(x, x.T, precision=jax.lax.Precision.HIGHEST)
   d2 = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, d2)
@@ -65,6 +75,7 @@ def batch_hard_triplet(embeddings: jax.Array, labels: jax.Array, margin: float =
     contributes 0.
   """
   d = euclidean_distances(embeddings)
+  labels = _replicated(labels)
   same = labels[:, None] == labels[None, :]
   hardest_positive = jnp.max(jnp.where(same, d, 0.0), axis=1)
   hardest_negative = jnp.min(jnp.where(same, jnp.inf, d), axis=1)

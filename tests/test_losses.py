@@ -90,3 +90,15 @@ def test_part_losses_and_reid_loss():
   np.testing.assert_allclose(terms["triplet"], 0.6, rtol=1e-6)
   np.testing.assert_allclose(
       total, losses.part_losses(logits, jnp.array([0, 0, 1]), 0.1).sum() + 0.3, rtol=1e-6)
+
+
+def test_batch_hard_triplet_on_a_sharded_batch():
+  # The training step gets the batch sharded explicitly over the mesh's "data" axis.
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  sharded = NamedSharding(mesh, P("data"))
+  x = jax.device_put(jnp.array([[0.0], [2.0], [2.5], [6.0]] * jax.device_count()), sharded)
+  labels = jax.device_put(jnp.array([0, 0, 1, 1] * jax.device_count()), sharded)
+  loss = jax.jit(lambda e: losses.batch_hard_triplet(e, labels, 0.3))
+  np.testing.assert_allclose(loss(x), (1.8 + 3.3) / 4, rtol=1e-6)
+  assert jax.jit(jax.grad(lambda e: losses.batch_hard_triplet(e, labels, 0.3)))(x).shape == x.shape
