@@ -15,5 +15,5 @@ from experiments import base
 
 def get_config():
   config = base.training_config()
-  config.dataset = "market1501"
+  config.data.dataset = "market1501"
   return config

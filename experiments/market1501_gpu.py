@@ -13,9 +13,9 @@ from experiments import base
 
 def get_config():
   config = base.training_config()
-  config.dataset = "market1501"
-  config.batch_size = 128
-  config.eval_batch_size = 256
+  config.data.dataset = "market1501"
+  config.train.batch_size = 128
+  config.eval.batch_size = 256
   config.model.dtype = "bfloat16"
   base.scale_learning_rate(config, reference_batch=32)
   config.optimizer.warmup_epochs = 2.0

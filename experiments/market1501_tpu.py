@@ -19,12 +19,12 @@ from experiments import base
 
 def get_config():
   config = base.training_config()
-  config.dataset = "market1501"
-  config.batch_size = 256        # global; must divide by the number of devices
-  config.eval_batch_size = 512
+  config.data.dataset = "market1501"
+  config.train.batch_size = 256        # global; must divide by the number of devices
+  config.eval.batch_size = 512
   config.model.dtype = "bfloat16"
   base.scale_learning_rate(config, reference_batch=32)
   config.optimizer.warmup_epochs = 5.0
   config.log_every_steps = 20
-  config.checkpoint_every_steps = 200
+  config.checkpoint.every_steps = 200
   return config

@@ -14,17 +14,16 @@ from experiments import base
 
 def get_config():
   config = base.training_config()
-  config.dataset = "synthetic"
-  config.synthetic = base.synthetic_world_config(num_train_ids=300, num_test_ids=300)
-  config.image_size = (96, 48)
-  config.batch_size = 32
-  config.eval_batch_size = 128
-  config.epochs = 24
+  config.data.dataset = "synthetic"
+  config.data.synthetic = base.synthetic_world_config(num_train_ids=300, num_test_ids=300)
+  config.data.image_size = (96, 48)
+  config.train.batch_size = 32
+  config.eval.batch_size = 128
+  config.train.epochs = 24
   config.model.depth = 18
   config.model.width = 32
   config.optimizer.lr = 0.01
   config.optimizer.decay_epochs = (18,)
   config.optimizer.warmup_epochs = 1.0
   config.log_every_steps = 50
-  config.checkpoint_every_steps = 500
   return config

@@ -9,34 +9,33 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
-import time
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jreid import metrics
+from jreid import progress
+from jreid import records as records_lib
 from jreid import scoring
+from jreid.records import Records
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageSet:
-  """Features and metadata of one side (query or gallery).
+class Method:
+  """An evaluation method: which score ranks the gallery, and whether it is re-ranked."""
+  st: bool
+  rerank: bool
 
-  Attributes:
-    features: float32 [N, D], already L2-normalised (``scoring.l2_normalise_features``).
-    person_ids: int [N] (-1 junk, 0 distractor).
-    cameras: int [N] 1-based.
-    times: int [N] global frames.
-  """
-  features: np.ndarray
-  person_ids: np.ndarray
-  cameras: np.ndarray
-  times: np.ndarray
 
-  def __len__(self) -> int:
-    return len(self.person_ids)
+# Evaluation methods by name (config.eval.methods chooses among them).
+METHODS: dict[str, Method] = {
+    "visual": Method(st=False, rerank=False),
+    "st": Method(st=True, rerank=False),
+    "visual_rerank": Method(st=False, rerank=True),
+    "st_rerank": Method(st=True, rerank=True),
+}
 
 
 def match_lists(query_ids: np.ndarray, query_cameras: np.ndarray, gallery_ids: np.ndarray,
@@ -76,76 +75,79 @@ def _chunk_ranks(query_features, query_cameras, query_times, gallery_features,
   return jnp.stack(ranks)
 
 
-def auto_query_chunk(num_queries: int, gallery_size: int, chunk_elements: int) -> int:
-  """Query rows per chunk so that chunk x gallery <= chunk_elements (a multiple of 8)."""
-  rows = max(1, chunk_elements // max(1, gallery_size))
-  if rows >= 8:
-    rows -= rows % 8
-  return max(1, min(rows, num_queries))
-
-
-def pad_rows(x: np.ndarray, rows: int, value) -> np.ndarray:
-  """x [n, ...] padded with ``value`` to [rows, ...] (one shape for every chunk)."""
-  x = np.asarray(x)
-  if len(x) == rows:
-    return x
-  pad = np.full((rows - len(x),) + x.shape[1:], value, dtype=x.dtype)
-  return np.concatenate([x, pad])
-
-
-def evaluate(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | None = None,
-             bin_width: int = 100, fusion: scoring.FusionParams = scoring.FusionParams(),
-             query_chunk: int = 0, chunk_elements: int = 1 << 22, max_rank: int = 100,
-             log_every_s: float = 10.0) -> dict[str, metrics.RetrievalMetrics]:
-  """Visual and (with an ST table) joint-score metrics over the whole gallery.
-
-  Args:
-    query, gallery: the two sides, features normalised.
-    st_table: float [C, C, H] ST probabilities (0-based cameras), or None.
-    bin_width: frames per ST bin.
-    fusion: logistic smoothing constants.
-    query_chunk: queries per chunk; 0 picks one from ``chunk_elements``.
-    chunk_elements: bound on chunk x gallery when query_chunk is 0.
-    max_rank: length of the CMC curves.
-  Returns:
-    {"visual": metrics} and, with st_table, {"st": metrics}.
-  """
+def _ranks(query: Records, gallery: Records, st_table: np.ndarray | None, bin_width: int,
+           fusion: scoring.FusionParams, budget_elements: int) -> np.ndarray:
+  """Good-item ranks [kinds, Q, K]: visual, and joint when st_table is given."""
   Q, G = len(query), len(gallery)
-  if query.features.shape[1] != gallery.features.shape[1]:
-    raise ValueError(f"query features have {query.features.shape[1]} dims but gallery "
-                     f"features {gallery.features.shape[1]}")
   good_index, junk_index = match_lists(query.person_ids, query.cameras,
                                        gallery.person_ids, gallery.cameras)
-  chunk = query_chunk or auto_query_chunk(Q, G, chunk_elements)
+  chunk = records_lib.chunk_rows(Q, G, budget_elements)
   # device_put aliases a 64-byte-aligned float32 host array on CPU (no second copy).
   gallery_features = jax.device_put(np.asarray(gallery.features, np.float32))
-  gallery_cameras = jnp.asarray(gallery.cameras - 1, jnp.int32)
+  gallery_cameras = jnp.asarray(gallery.cameras, jnp.int32)
   gallery_times = jnp.asarray(gallery.times, jnp.int32)
   global_junk = jnp.asarray(gallery.person_ids == -1)
   table = None if st_table is None else jnp.asarray(st_table, jnp.float32)
-  kinds = ["visual"] + (["st"] if table is not None else [])
-  ranks = np.empty((len(kinds), Q, good_index.shape[1]), np.int64)
-  start_time, last_log = time.time(), time.time()
+  kinds = 1 + (table is not None)
+  ranks = np.empty((kinds, Q, good_index.shape[1]), np.int64)
+  meter = progress.Progress("evaluate", Q, unit="queries")
   for start in range(0, Q, chunk):
     stop = min(Q, start + chunk)
-    rows = lambda x, v: pad_rows(x[start:stop], chunk, v)
+    rows = lambda x, v: records_lib.pad_rows(x[start:stop], chunk, v)
     out = _chunk_ranks(
         jnp.asarray(rows(query.features, 0.0), jnp.float32),
-        jnp.asarray(rows(query.cameras - 1, 0), jnp.int32),
+        jnp.asarray(rows(query.cameras, 0), jnp.int32),
         jnp.asarray(rows(query.times, 0), jnp.int32),
         gallery_features, gallery_cameras, gallery_times, global_junk,
         jnp.asarray(rows(good_index, -1)), jnp.asarray(rows(junk_index, -1)),
         table, bin_width=int(bin_width), fusion=fusion)
     ranks[:, start:stop] = np.asarray(out)[:, :stop - start]
-    if time.time() - last_log > log_every_s and stop < Q:
-      rate = stop / (time.time() - start_time)
-      logging.info("evaluate: %d/%d queries, %.0f queries/s, ETA %.0f s", stop, Q, rate,
-                   (Q - stop) / rate)
-      last_log = time.time()
-  return {kind: metrics.retrieval_metrics(ranks[i], max_rank) for i, kind in enumerate(kinds)}
+    meter.update(stop)
+  meter.finish()
+  return ranks
 
 
-def top_k_gallery(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | None, k: int = 10,
+def evaluate(query: Records, gallery: Records, st_table: np.ndarray | None, *,
+             bin_width: int = 100, fusion: scoring.FusionParams = scoring.FusionParams(),
+             methods: Sequence[str] = ("visual", "st"), rerank=None,
+             budget_elements: int = 1 << 22, max_rank: int = 100
+             ) -> dict[str, metrics.RetrievalMetrics]:
+  """Metrics of each method in ``methods`` (names of ``METHODS``) over the whole gallery.
+
+  Args:
+    query, gallery: records with L2-normalised features, cameras 0-based.
+    st_table: float [C, C, H] ST probabilities (0-based cameras); needed by ST methods.
+    bin_width: time ticks per ST bin.
+    fusion: logistic smoothing constants.
+    rerank: ``rerank.RerankParams`` for the *_rerank methods.
+    budget_elements: bound on every score block (rows x columns).
+    max_rank: length of the CMC curves.
+  """
+  from jreid import rerank as rerank_lib  # pylint: disable=g-import-not-at-top
+  if query.features.shape[1] != gallery.features.shape[1]:
+    raise ValueError(f"query features have {query.features.shape[1]} dims but gallery "
+                     f"features {gallery.features.shape[1]}")
+  out = {}
+  plain = [m for m in methods if not METHODS[m].rerank]
+  if plain:
+    use_st = any(METHODS[m].st for m in plain)
+    ranks = _ranks(query, gallery, st_table if use_st else None, bin_width, fusion,
+                   budget_elements)
+    for m in plain:
+      out[m] = metrics.retrieval_metrics(ranks[1 if METHODS[m].st else 0], max_rank)
+  good, junk = match_lists(query.person_ids, query.cameras, gallery.person_ids,
+                           gallery.cameras)
+  for m in methods:
+    if METHODS[m].rerank:
+      ranks = rerank_lib.rerank_ranks(
+          query, gallery, st_table if METHODS[m].st else None, good, junk,
+          rerank or rerank_lib.RerankParams(), bin_width=bin_width, fusion=fusion,
+          chunk_elements=budget_elements)
+      out[m] = metrics.retrieval_metrics(ranks, max_rank)
+  return {m: out[m] for m in methods}
+
+
+def top_k_gallery(query: Records, gallery: Records, st_table: np.ndarray | None, k: int = 10,
                   bin_width: int = 100, fusion: scoring.FusionParams = scoring.FusionParams()
                   ) -> np.ndarray:
   """int [Q, k]: the best k gallery indices per query after junk removal (joint score if
@@ -154,8 +156,8 @@ def top_k_gallery(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | Non
   scores = scoring.fused_scores(
       scoring.cosine_scores(jnp.asarray(query.features), jnp.asarray(gallery.features)),
       None if st_table is None else jnp.asarray(st_table, jnp.float32), bin_width, fusion,
-      jnp.asarray(query.cameras - 1, jnp.int32), jnp.asarray(query.times, jnp.int32),
-      jnp.asarray(gallery.cameras - 1, jnp.int32), jnp.asarray(gallery.times, jnp.int32))
+      jnp.asarray(query.cameras, jnp.int32), jnp.asarray(query.times, jnp.int32),
+      jnp.asarray(gallery.cameras, jnp.int32), jnp.asarray(gallery.times, jnp.int32))
   scores = np.array(scores)
   scores[:, gallery.person_ids == -1] = -np.inf
   rows = np.repeat(np.arange(len(query)), junk.shape[1])

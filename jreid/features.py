@@ -13,39 +13,48 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 
+from jreid import progress
+from jreid import records
 from jreid import scoring
-from jreid.evaluate import ImageSet
+from jreid import sharding
 
 
-def make_extract_step(graphdef, mesh, data_sharding, replicated) -> Callable:
-  """jit(state, images [B, H, W, 3]) -> features [B, P, C] (flip-summed, not normalised)."""
+def make_extract_step(graphdef, mesh) -> Callable:
+  """jit(state, images [B, H, W, 3]) -> features [B, P, C] (flip-summed, not normalised).
+
+  ``state`` is the train state ``{"model", "optimizer"}`` (replicated); images are
+  sharded over the mesh's data axis.
+  """
 
   def fn(state, images):
-    model, _ = nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, state)["model"]
     model.eval()
     return model.features(images) + model.features(images[:, :, ::-1, :])
 
-  return jax.jit(fn, in_shardings=(replicated, data_sharding), out_shardings=data_sharding)
+  return jax.jit(fn, in_shardings=(sharding.replicated(mesh), sharding.data_sharding(mesh)),
+                 out_shardings=sharding.data_sharding(mesh))
 
 
 def extract(step: Callable, state: Any, batches: Iterator[dict[str, np.ndarray]],
-            num_batches: int, to_global: Callable, data_sharding, num_parts: int,
-            log: Callable[[str], None] | None = None) -> ImageSet:
+            num_batches: int, data_sharding, num_parts: int, name: str = "extract"
+            ) -> records.Records:
   """Runs ``step`` over every batch; gathers, orders by index and drops padding.
 
-  Returns the normalised ImageSet of the split (cameras 1-based, times global).
+  Batches carry "image", "index" (position in the split), "mask" (False on
+  padding), "id", "camera" (1-based, as the TFDS split) and "time".
+  Returns the split's records in split order, one row per image: normalised
+  features, cameras 0-based.
   """
   feats, keep = [], {k: [] for k in ("index", "mask", "id", "camera", "time")}
+  meter = progress.Progress(name, num_batches, unit="batches")
   for i, batch in enumerate(batches):
-    images = to_global({"image": batch["image"]}, data_sharding)["image"]
-    out = step(state, images)
-    feats.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
+    images = sharding.to_global({"image": batch["image"]}, data_sharding)["image"]
+    feats.append(sharding.gather(step(state, images)))
     for k in keep:
-      keep[k].append(np.asarray(multihost_utils.process_allgather(batch[k])).reshape(-1))
-    if log and (i + 1) % 20 == 0:
-      log(f"extract: batch {i + 1}/{num_batches}")
+      keep[k].append(sharding.gather(np.asarray(batch[k])).reshape(-1))
+    meter.update(i + 1)
+  meter.finish()
   f = np.concatenate(feats)
   meta = {k: np.concatenate(v) for k, v in keep.items()}
   valid = meta["mask"].astype(bool)
@@ -54,7 +63,7 @@ def extract(step: Callable, state: Any, batches: Iterator[dict[str, np.ndarray]]
   if not np.array_equal(index, np.arange(len(index))):
     raise RuntimeError(f"extraction covered {len(index)} rows but not each image exactly once")
   f = f[valid][order].reshape(len(index), -1)
-  return ImageSet(features=scoring.l2_normalise_features(f, num_parts),
-                  person_ids=meta["id"][valid][order].astype(np.int64),
-                  cameras=meta["camera"][valid][order].astype(np.int64),
-                  times=meta["time"][valid][order].astype(np.int64))
+  return records.Records(person_ids=meta["id"][valid][order].astype(np.int64),
+                         cameras=meta["camera"][valid][order].astype(np.int64) - 1,
+                         times=meta["time"][valid][order].astype(np.int64),
+                         features=scoring.l2_normalise_features(f, num_parts))

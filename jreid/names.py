@@ -11,8 +11,9 @@ Three grammars (``ST_REID_REFERENCE.md`` section 1):
   offsets (the sequence ``s`` with ``offset[s] < time <= offset[s + 1]``).
 * DukeMTMC-reID ``PPPP_cX_fFFFFFFFF.jpg``: frame already global, one sequence.
 
-Times are frame indices, as in the reference. Cameras and sequences are 1-based,
-as in the names.
+Times are frame indices, as in the reference. Cameras and sequences are 1-based
+in ``ParsedName``, as in the names; ``parse_names`` turns names into
+``records.Records``, where cameras are 0-based.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from jreid import errors
 from jreid import files
+from jreid.records import Records
 
 # Maximum frame index of each (camera, sequence) of Market-1501, as the reference uses.
 MARKET_SEQUENCE_MAX_FRAMES: dict[int, tuple[int, ...]] = {
@@ -45,7 +48,7 @@ _DUKE = re.compile(r"^(-?\d+)_c(\d+)_f(\d+)$")
 GRAMMARS = ("market", "market_renamed", "duke")
 
 
-class BadNameError(ValueError):
+class BadNameError(errors.InputError):
   """A file name that fits none of the grammars."""
 
 
@@ -159,33 +162,30 @@ def parse_name(name: str, grammar: str | None = None) -> ParsedName:
   raise BadNameError(f"{name!r} does not fit the file-name grammar: expected {expected}")
 
 
-@dataclasses.dataclass(frozen=True)
-class NameTable:
-  """Parsed names as arrays, one row per image (all int64 but ``names``)."""
-  names: tuple[str, ...]
-  person_id: np.ndarray
-  camera: np.ndarray
-  sequence: np.ndarray
-  frame: np.ndarray
-  time: np.ndarray
+def parse_names(names: Iterable[str], grammar: str | None = None) -> Records:
+  """Parses many names into records (cameras 0-based, times global frames, names kept).
 
-  def __len__(self) -> int:
-    return len(self.names)
-
-
-def parse_names(names: Iterable[str], grammar: str | None = None) -> NameTable:
-  """Parses many names into arrays; the first bad name raises ``BadNameError``."""
+  Every name must fit one grammar: the one asked for, else the first name's. A list
+  that mixes grammars (Market and Duke names, say) raises ``BadNameError`` naming
+  the first name that differs, since their times are not comparable.
+  """
   names = tuple(names)
-  parsed = [parse_name(n, grammar) for n in names]
-  col = lambda f: np.asarray([getattr(p, f) for p in parsed], dtype=np.int64)
-  return NameTable(names, col("person_id"), col("camera"), col("sequence"),
-                   col("frame"), col("time"))
+  parsed = []
+  for n in names:
+    p = parse_name(n, grammar)
+    if grammar is None and parsed and p.grammar != parsed[0].grammar:
+      raise BadNameError(f"{n!r} is a {p.grammar} name but {names[0]!r} is a "
+                         f"{parsed[0].grammar} name: expected one grammar per folder")
+    parsed.append(p)
+  col = lambda f: np.asarray([getattr(p, f) for p in parsed], dtype=np.int64).reshape(-1)
+  return Records(person_ids=col("person_id"), cameras=col("camera") - 1, times=col("time"),
+                 names=np.asarray(names, dtype=str))
 
 
 @dataclasses.dataclass(frozen=True)
 class FolderListing:
-  """Image names of a folder, plus what was skipped (never silently)."""
-  table: NameTable
+  """Image names of a folder as records, plus what was skipped (never silently)."""
+  records: Records
   skipped: tuple[str, ...]
 
 
@@ -195,14 +195,30 @@ def list_image_folder(folder: str, grammar: str | None = None) -> FolderListing:
   Files that are not images (``Thumbs.db`` in the official zip, say) are skipped and
   reported in ``skipped``; an image whose name fits no grammar raises, naming it.
   """
+  if not files.exists(folder):
+    raise FileNotFoundError(f"{folder!r} does not exist: expected a folder of training images")
   if not files.isdir(folder):
-    raise FileNotFoundError(f"{folder!r}: expected a folder of training images")
+    raise BadNameError(f"{folder!r} is a file: expected a folder of training images")
   entries = files.listdir(folder)
   is_image = [os.path.splitext(e)[1].lower() in IMAGE_EXTENSIONS for e in entries]
   images = [e for e, keep in zip(entries, is_image) if keep]
   skipped = tuple(e for e, keep in zip(entries, is_image) if not keep)
   if not images:
-    raise ValueError(f"{folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                     f"expected e.g. Market-1501's bounding_box_train "
-                     f"({len(skipped)} other entries)")
+    raise BadNameError(f"{folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                       f"expected e.g. Market-1501's bounding_box_train "
+                       f"({len(skipped)} other entries)")
   return FolderListing(parse_names(images, grammar), skipped)
+
+
+def warn_if_test_split(records: Records, where: str, log) -> None:
+  """Warns (through ``log``) when training names include junk (-1) or distractors (0).
+
+  A real training split has neither; a test split (Market's bounding_box_test) has
+  both. They are left out of training and of the ST fit; the warning gives counts.
+  """
+  junk = int((records.person_ids < 0).sum())
+  distractors = int((records.person_ids == 0).sum())
+  if junk or distractors:
+    log("%s holds %d junk (id -1) and %d distractor (id 0) images of %d: they are left out "
+        "of training and of the ST fit. A training split has none; this looks like a test "
+        "split (e.g. bounding_box_test)", where, junk, distractors, len(records))

@@ -33,8 +33,9 @@ import scipy.sparse
 
 from jreid import metrics
 from jreid import scoring
-from jreid.evaluate import ImageSet
-from jreid.evaluate import pad_rows
+from jreid import records as records_lib
+from jreid.records import Records
+from jreid.records import pad_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,12 +172,12 @@ def jaccard_block(v_rows: scipy.sparse.csr_matrix, v_cols: scipy.sparse.csc_matr
   return 1.0 - m / (2.0 - m)
 
 
-def _items(s: ImageSet) -> _Items:
-  return _Items(jnp.asarray(s.features, jnp.float32), jnp.asarray(s.cameras - 1, jnp.int32),
+def _items(s: Records) -> _Items:
+  return _Items(jnp.asarray(s.features, jnp.float32), jnp.asarray(s.cameras, jnp.int32),
                 jnp.asarray(s.times, jnp.int32))
 
 
-def rerank_ranks(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | None,
+def rerank_ranks(query: Records, gallery: Records, st_table: np.ndarray | None,
                  good_index: np.ndarray, junk_index: np.ndarray,
                  params: RerankParams = RerankParams(), bin_width: int = 100,
                  fusion: scoring.FusionParams = scoring.FusionParams(), row_chunk: int = 0,
@@ -192,10 +193,7 @@ def rerank_ranks(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | None
   """
   Q, G = len(query), len(gallery)
   N = Q + G
-  everything = ImageSet(np.concatenate([query.features, gallery.features]),
-                        np.concatenate([query.person_ids, gallery.person_ids]),
-                        np.concatenate([query.cameras, gallery.cameras]),
-                        np.concatenate([query.times, gallery.times]))
+  everything = records_lib.concatenate(query, gallery)
   items = _items(everything)
   table = None if st_table is None else jnp.asarray(st_table, jnp.float32)
   static = dict(bin_width=int(bin_width), fusion=fusion)
@@ -210,7 +208,7 @@ def rerank_ranks(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | None
     e = min(N, s + chunk)
     # The last chunk is padded with the first rows (results dropped) to keep one shape.
     pad = lambda x: jnp.asarray(np.concatenate([x[s:e], x[:chunk - (e - s)]]))
-    idx, mx = _neighbour_chunk(pad(everything.features), pad(everything.cameras - 1),
+    idx, mx = _neighbour_chunk(pad(everything.features), pad(everything.cameras),
                                   pad(everything.times), items, table, k=k, **static)
     neighbours[s:e] = np.asarray(idx)[:e - s]
     row_max[s:e] = np.asarray(mx)[:e - s]
@@ -260,7 +258,7 @@ def rerank_ranks(query: ImageSet, gallery: ImageSet, st_table: np.ndarray | None
     jac = jaccard_block(V[s:e], v_by_column, Q, N)
     jac = pad_rows(jac, q_chunk, 1.0)
     out = _final_ranks(
-        jnp.asarray(padded(query.features, 0.0)), jnp.asarray(padded(query.cameras - 1, 0)),
+        jnp.asarray(padded(query.features, 0.0)), jnp.asarray(padded(query.cameras, 0)),
         jnp.asarray(padded(query.times, 0)), jnp.asarray(padded(row_max[:Q], 1.0)),
         jnp.asarray(jac), gallery_items, table, jnp.asarray(padded(good_index, -1)),
         jnp.asarray(padded(junk_index, -1)), global_junk, lambda_value=params.lambda_value,

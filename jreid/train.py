@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import time
 from typing import Any, Callable, Iterator
 
 from absl import logging
@@ -25,53 +24,12 @@ import ml_collections
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
+from jreid import progress
+from jreid import sharding
 from jreid.models import convert
 from jreid.models import heads
 from jreid.models import resnet
-
-DATA_AXIS = "data"
-
-
-def validate(config: ml_collections.ConfigDict, device_count: int, process_count: int = 1
-             ) -> None:
-  """Raises ValueError, naming the field, for a config that cannot run on these devices."""
-  problems = []
-  if config.batch_size % device_count:
-    problems.append(f"batch_size {config.batch_size} must divide by the {device_count} devices")
-  if config.eval_batch_size % device_count:
-    problems.append(f"eval_batch_size {config.eval_batch_size} must divide by the "
-                    f"{device_count} devices")
-  shards = config.data_shards or process_count
-  if shards % process_count or config.batch_size % shards:
-    problems.append(f"data_shards {shards} must be a multiple of the {process_count} "
-                    f"processes and divide batch_size {config.batch_size}")
-  if config.model.dtype not in ("float32", "bfloat16"):
-    problems.append(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
-  if config.model.depth not in (0, 18, 34, 50) or (config.model.depth == 0 and
-                                                   not config.model.stage_blocks):
-    problems.append(f"model.depth must be 18, 34 or 50 (or 0 with model.stage_blocks), "
-                    f"got {config.model.depth}")
-  if config.sampler == "pk" and config.batch_size % (config.ids_per_batch * config.images_per_id):
-    problems.append("sampler 'pk' needs batch_size to be a multiple of ids_per_batch x "
-                    "images_per_id")
-  if problems:
-    raise ValueError("config does not fit this run: " + "; ".join(problems))
-
-
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over every device of every process, axis ``data``."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
-
-
-def data_sharding(mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
-
-
-def replicated(mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
 
 
 def model_config(config: ml_collections.ConfigDict) -> heads.ModelConfig:
@@ -86,7 +44,7 @@ def model_config(config: ml_collections.ConfigDict) -> heads.ModelConfig:
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> heads.ReIDModel:
   """The ReID model, from scratch or with an ImageNet backbone (config.model.imagenet)."""
-  model = heads.ReIDModel(model_config(config), num_classes, rngs=nnx.Rngs(config.seed))
+  model = heads.ReIDModel(model_config(config), num_classes, rngs=nnx.Rngs(config.train.seed))
   if config.model.imagenet:
     ignored = convert.load_imagenet_backbone(model, config.model.imagenet)
     logging.info("backbone initialised from %s (ignored: %s)", config.model.imagenet, ignored)
@@ -124,12 +82,25 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
                                param_labels)
 
 
+def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
+                       steps_per_epoch: int) -> tuple[Any, nnx.State]:
+  """The model (in training mode) and its optimiser, split into (graphdef, state).
+
+  The state is ``{"model": ..., "optimizer": ...}``: checkpoints read as names.
+  """
+  model = build_model(config, num_classes)
+  model.train()
+  optimizer = nnx.Optimizer(model, make_optimizer(config, steps_per_epoch), wrt=nnx.Param)
+  return nnx.split({"model": model, "optimizer": optimizer})
+
+
 def make_train_step(graphdef, mesh, seed: int) -> Callable:
   """jit(state, batch, step) -> (state, metrics); batch sharded, state replicated."""
   base_key = jax.random.key(seed)
 
   def step_fn(state, batch, step):
-    model, optimizer = nnx.merge(graphdef, state)
+    merged = nnx.merge(graphdef, state)
+    model, optimizer = merged["model"], merged["optimizer"]
     key = jax.random.fold_in(base_key, step)
 
     def loss_fn(model):
@@ -140,9 +111,9 @@ def make_train_step(graphdef, mesh, seed: int) -> Callable:
     (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
     accuracy = jnp.mean(jnp.argmax(logits.sum(axis=1), axis=-1) == batch["label"])
-    return nnx.state((model, optimizer)), {"loss": loss, "accuracy": accuracy}
+    return nnx.state(merged), {"loss": loss, "accuracy": accuracy}
 
-  repl, data = replicated(mesh), data_sharding(mesh)
+  repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
   return jax.jit(step_fn, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
                  donate_argnums=0)
 
@@ -178,46 +149,40 @@ def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.C
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir) if "://" not in workdir else workdir, "checkpoints"),
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.keep_checkpoints,
-          save_interval_steps=config.checkpoint_every_steps, create=True))
+          max_to_keep=config.checkpoint.keep,
+          save_interval_steps=config.checkpoint.every_steps, create=True))
+
+
+class CheckpointMismatch(ValueError):
+  """A checkpoint whose tree is not this state's (other settings, or an older jreid)."""
 
 
 def restore_or_init(mngr: ocp.CheckpointManager, state, mesh) -> tuple[Any, int]:
   """The latest checkpoint's state (replicated on the mesh) and its step, else (state, 0)."""
-  state = jax.device_put(state, replicated(mesh))
+  state = jax.device_put(state, sharding.replicated(mesh))
   step = mngr.latest_step()
   if step is None:
     return state, 0
   abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)),
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
       nnx.to_pure_dict(state))
-  restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+  saved = mngr.item_metadata(step)
+  saved_keys = sorted(saved.keys()) if hasattr(saved, "keys") else None
+  if saved_keys is not None and saved_keys != sorted(abstract.keys()):
+    raise CheckpointMismatch(
+        f"the checkpoint of step {step} in {mngr.directory} holds {saved_keys}, not "
+        f"{sorted(abstract.keys())} (written by an older jreid): use a new workdir or "
+        f"--config.overwrite=True")
+  try:
+    restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+  except (ValueError, KeyError, TypeError) as e:
+    raise CheckpointMismatch(
+        f"the checkpoint of step {step} in {mngr.directory} does not fit this model "
+        f"({str(e).splitlines()[0][:200]}): use a new workdir or --config.overwrite=True"
+    ) from e
   nnx.replace_by_pure_dict(state, restored)
   logging.info("resumed from the checkpoint of step %d", step)
   return state, step
-
-
-class MetricWriter:
-  """TensorBoard scalars (process 0 only; tensorboardX, no TensorFlow) plus the log."""
-
-  def __init__(self, logdir: str):
-    self._writer = None
-    if jax.process_index() == 0:
-      try:
-        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._writer = SummaryWriter(logdir)
-      except ImportError:
-        logging.warning("tensorboardX is not installed: no TensorBoard scalars")
-
-  def scalars(self, step: int, values: dict[str, float]) -> None:
-    if self._writer is not None:
-      for k, v in values.items():
-        self._writer.add_scalar(k, v, step)
-      self._writer.flush()
-
-  def close(self):
-    if self._writer is not None:
-      self._writer.close()
 
 
 @dataclasses.dataclass
@@ -228,35 +193,31 @@ class TrainResult:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, batches: Callable[[int], Iterator],
-          to_global: Callable, num_classes: int, steps_per_epoch: int, mesh=None) -> TrainResult:
-  """Trains (or resumes) until config.epochs; returns the final replicated state.
+          num_classes: int, steps_per_epoch: int, mesh=None) -> TrainResult:
+  """Trains (or resumes) until config.train.epochs; returns the final replicated state.
 
   Args:
-    batches: start_step -> iterator of local numpy batches ("image", "label").
-    to_global: (local batch, sharding) -> global jax.Arrays.
+    batches: start_step -> iterator of this process's numpy batches ("image", "label").
     num_classes: identities of the train split.
     steps_per_epoch: steps in one epoch (the same on every process).
   """
-  validate(config, jax.device_count(), jax.process_count())
-  mesh = mesh or make_mesh()
-  total = int(config.epochs * steps_per_epoch)
-  model = build_model(config, num_classes)
-  model.train()
-  optimizer = nnx.Optimizer(model, make_optimizer(config, steps_per_epoch), wrt=nnx.Param)
-  graphdef, state = nnx.split((model, optimizer))
+  mesh = mesh or sharding.make_mesh()
+  total = int(config.train.epochs * steps_per_epoch)
+  graphdef, state = create_train_state(config, num_classes, steps_per_epoch)
   mngr = checkpoint_manager(workdir, config)
   state, start = restore_or_init(mngr, state, mesh)
   if start >= total:
     logging.info("training: finished already (step %d of %d)", start, total)
     return TrainResult(graphdef, state, start)
   logging.info("training: %d params, %d devices (%d processes), global batch %d, "
-               "steps %d..%d (%d per epoch)", heads.count_params(model), jax.device_count(),
-               jax.process_count(), config.batch_size, start, total, steps_per_epoch)
-  step_fn = make_train_step(graphdef, mesh, config.seed)
-  writer = MetricWriter(os.path.join(workdir, "tensorboard"))
-  sharding = data_sharding(mesh)
+               "steps %d..%d (%d per epoch)",
+               heads.count_params(nnx.merge(graphdef, state)["model"]), jax.device_count(),
+               jax.process_count(), config.train.batch_size, start, total, steps_per_epoch)
+  step_fn = make_train_step(graphdef, mesh, config.train.seed)
+  writer = progress.MetricWriter(os.path.join(workdir, "tensorboard"))
+  batch_sharding = sharding.data_sharding(mesh)
   it = batches(start)
-  last_time, last_step, first_time = time.time(), start, time.time()
+  meter = progress.Progress("training", total, unit="steps", start=start)
   schedule = learning_rate(config.optimizer.lr, steps_per_epoch, config.optimizer.decay_epochs,
                            config.optimizer.decay, config.optimizer.warmup_epochs)
   # However the loop ends (finished, preempted, interrupted), checkpoints in flight
@@ -264,23 +225,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches: Callable[[in
   with _PreemptionFlag() as flag:
     try:
       for step in range(start, total):
-        batch = to_global(next(it), sharding)
+        batch = sharding.to_global(next(it), batch_sharding)
         state, metrics = step_fn(state, batch, jnp.int32(step))
         done = step + 1
         if done % config.log_every_steps == 0 or done == total:
           m = jax.device_get(metrics)
-          now = time.time()
-          rate = (done - last_step) / max(now - last_time, 1e-9)
-          eta = (total - done) / rate if rate > 0 else float("nan")
           lr = float(schedule(step))
-          logging.info("step %d/%d  epoch %.2f  loss %.4f  acc %.3f  lr %.2g  %.2f steps/s  "
-                       "%.1f images/s  ETA %.0f s", done, total, done / steps_per_epoch,
-                       m["loss"], m["accuracy"], lr, rate, rate * config.batch_size, eta)
+          meter.update(done, force=True, extra=(
+              f"epoch {done / steps_per_epoch:.2f}  loss {m['loss']:.4f}  "
+              f"acc {m['accuracy']:.3f}  lr {lr:.2g}"))
+          rate = meter.rate or 0.0
           writer.scalars(done, {"train/loss": float(m["loss"]),
                                 "train/accuracy": float(m["accuracy"]),
                                 "train/learning_rate": lr, "train/steps_per_s": rate,
-                                "train/images_per_s": rate * config.batch_size})
-          last_time, last_step = now, done
+                                "train/images_per_s": rate * config.train.batch_size})
         preempted = flag.raised or mngr.reached_preemption(done)
         mngr.save(done, args=ocp.args.StandardSave(nnx.to_pure_dict(state)),
                   force=preempted or done == total)
@@ -289,5 +247,5 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches: Callable[[in
     finally:
       mngr.wait_until_finished()
       writer.close()
-  logging.info("training: %d steps in %.0f s", total - start, time.time() - first_time)
+  meter.finish()
   return TrainResult(graphdef, state, total)

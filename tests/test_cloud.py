@@ -14,8 +14,8 @@ from etils.epath import testing as epath_testing
 from experiments import market1501_gpu
 from experiments import market1501_tpu
 from jreid import files
-from jreid import pipeline
-from jreid import train
+from jreid import jobs
+from jreid import validation
 from jreid.data import synthetic
 import test_eval_features
 
@@ -39,15 +39,15 @@ def test_features_job_reads_and_writes_gs_paths(tmp_path):
   train_dir, arrays = test_eval_features.make_case(bucket, seed=4)
   np.savez(bucket / "features.npz", **arrays)
   config = test_eval_features._config("gs://bucket/features.npz", "gs://bucket/bounding_box_train")
-  config.rerank = False
+  config.rerank.enabled = False
   with fake_gcs(local_root):
-    remote = pipeline.run(config, "gs://bucket/work")
+    remote = jobs.run(config, "gs://bucket/work")
     assert files.exists("gs://bucket/work/results.json")
   assert json.loads((bucket / "work" / "results.json").read_text()) == remote
   for f in ("cmc.png", "cmc.json", "st_model.npz", "st_distributions.png"):
     assert (bucket / "work" / f).stat().st_size > 0
   config.features, config.train_dir = str(bucket / "features.npz"), str(train_dir)
-  assert pipeline.run(config, str(tmp_path / "local_work")) == remote
+  assert jobs.run(config, str(tmp_path / "local_work")) == remote
 
 
 def test_synthetic_world_can_be_written_to_gs(tmp_path):
@@ -66,13 +66,13 @@ def test_tpu_and_gpu_configs_validate_and_scale_learning_rate():
   tpu = market1501_tpu.get_config()
   assert tpu.optimizer.lr == pytest.approx(0.01 * 256 / 32)
   assert tpu.model.dtype == "bfloat16" and tpu.optimizer.warmup_epochs == 5
-  train.validate(tpu, device_count=32, process_count=4)   # a v4-64 pod slice
-  train.validate(tpu, device_count=8, process_count=1)    # a v4-8 / v5e-8 VM
-  with pytest.raises(ValueError, match="batch_size 256 must divide by the 6 devices"):
-    train.validate(tpu, device_count=6, process_count=1)
+  validation.validate(tpu, device_count=32, process_count=4)   # a v4-64 pod slice
+  validation.validate(tpu, device_count=8, process_count=1)    # a v4-8 / v5e-8 VM
+  with pytest.raises(ValueError, match="train.batch_size=256: expected a multiple of the 6 devices"):
+    validation.validate(tpu, device_count=6, process_count=1)
   gpu = market1501_gpu.get_config()
   assert gpu.optimizer.lr == pytest.approx(0.01 * 128 / 32)
-  train.validate(gpu, device_count=4, process_count=1)
-  gpu.data_shards = 3
-  with pytest.raises(ValueError, match="data_shards 3"):
-    train.validate(gpu, device_count=4, process_count=2)
+  validation.validate(gpu, device_count=4, process_count=1)
+  gpu.data.shards = 3
+  with pytest.raises(ValueError, match="data.shards=3"):
+    validation.validate(gpu, device_count=4, process_count=2)

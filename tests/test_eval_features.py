@@ -11,8 +11,13 @@ import scipy.io
 
 import numpy_reference
 from experiments import eval_features
+from jreid import errors
+from jreid import feature_files
+from jreid import jobs
 from jreid import names
-from jreid import pipeline
+from jreid import records
+from jreid import st
+from jreid import stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,8 +77,8 @@ def test_cli_end_to_end_matches_reference(tmp_path):
     assert (workdir / f).stat().st_size > 0, f
 
   listing = names.list_image_folder(str(train_dir))
-  table = numpy_reference.fit_st(listing.table.person_id, listing.table.camera - 1,
-                                 listing.table.time, 3, num_bins=300)
+  table = numpy_reference.fit_st(listing.records.person_ids, listing.records.cameras,
+                                 listing.records.times, 3, num_bins=300)
   qf = numpy_reference.normalise(arrays["query_f"])
   gf = numpy_reference.normalise(arrays["gallery_f"])
   args = [arrays[f"{s}_{k}"] for s in ("query", "gallery") for k in ("label", "cam", "frames")]
@@ -92,13 +97,15 @@ def test_npz_and_reuse_of_st_model(tmp_path):
   features = tmp_path / "f.npz"
   np.savez(features, **arrays)
   workdir = str(tmp_path / "w")
-  first = pipeline.run(_config(features, train_dir), workdir)
+  first = jobs.run(_config(features, train_dir), workdir)
   assert set(first) == {"visual", "st", "visual_rerank", "st_rerank"}
   mtime = os.path.getmtime(os.path.join(workdir, "st_model.npz"))
-  second = pipeline.run(_config(features, train_dir), workdir)
+  second = jobs.run(_config(features, train_dir), workdir)
   assert first == second
   assert os.path.getmtime(os.path.join(workdir, "st_model.npz")) == mtime
-  without = pipeline.run(_config(features, train_dir, rerank=False), workdir)
+  config = _config(features, train_dir)
+  config.rerank.enabled = False
+  without = jobs.run(config, workdir)
   assert set(without) == {"visual", "st"} and without["st"] == first["st"]
 
 
@@ -107,6 +114,15 @@ def test_npz_and_reuse_of_st_model(tmp_path):
     (lambda a: a.__setitem__("query_label", a["query_label"][:-1]), "query_label has 29 entries"),
     (lambda a: a["gallery_f"].__setitem__((3, 2), np.nan), "non-finite values"),
     (lambda a: a.__setitem__("query_cam", a["query_cam"] - 1), "1-based"),
+    (lambda a: a.__setitem__("query_label", a["query_label"].astype(str)),
+     r"query_label holds <U\d+ values .* expected whole numbers"),
+    (lambda a: a.__setitem__("query_f", a["query_f"][0]), r"query_f must be a non-empty "
+     r"\[N, D\] matrix \(one row per image\), got shape \(12,\)"),
+    (lambda a: a["gallery_f"].__setitem__(slice(4, 6), 0.0),
+     r"gallery_f has all zeros in 2 rows \(first rows \[4, 5\]\)"),
+    (lambda a: a["query_f"].__setitem__(7, 3e38),
+     r"query_f has values so large that their norm overflows float32 in 1 rows \(first rows "
+     r"\[7\]\)"),
 ])
 def test_bad_features_files(tmp_path, mutate, message):
   train_dir, arrays = make_case(tmp_path)
@@ -114,8 +130,72 @@ def test_bad_features_files(tmp_path, mutate, message):
   features = tmp_path / "bad.npz"
   np.savez(features, **arrays)
   with pytest.raises(ValueError, match=message) as e:
-    pipeline.run(_config(features, train_dir), str(tmp_path / "w"))
+    jobs.run(_config(features, train_dir), str(tmp_path / "w"))
   assert "bad.npz" in str(e.value)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:len(b) // 2], r"is not a readable \.npz \(zip\) file"),
+    (lambda b: b"not a zip at all" * 10, r"is not a readable \.npz \(zip\) file"),
+])
+def test_damaged_npz_names_the_file(tmp_path, damage, message):
+  train_dir, arrays = make_case(tmp_path)
+  features = tmp_path / "damaged.npz"
+  np.savez(features, **arrays)
+  features.write_bytes(damage(features.read_bytes()))
+  with pytest.raises(errors.InputError, match=message) as e:
+    jobs.run(_config(features, train_dir), str(tmp_path / "w"))
+  assert "damaged.npz" in str(e.value)
+
+
+def test_truncated_mat_and_a_folder_name_the_path(tmp_path):
+  train_dir, arrays = make_case(tmp_path)
+  mat = tmp_path / "cut.mat"
+  scipy.io.savemat(str(mat), arrays)
+  mat.write_bytes(mat.read_bytes()[:3000])
+  with pytest.raises(errors.InputError, match=r"cut.mat' is not a readable \.mat file"):
+    jobs.run(_config(mat, train_dir), str(tmp_path / "w"))
+  folder = tmp_path / "folder.npz"
+  folder.mkdir()
+  with pytest.raises(errors.InputError, match=r"folder.npz' is a folder"):
+    jobs.run(_config(folder, train_dir), str(tmp_path / "w"))
+
+
+def test_no_query_with_a_true_match_is_an_error(tmp_path):
+  train_dir, arrays = make_case(tmp_path)
+  arrays["gallery_label"] = np.where(arrays["gallery_label"] > 0, -1, arrays["gallery_label"])
+  features = tmp_path / "nomatch.npz"
+  np.savez(features, **arrays)
+  with pytest.raises(errors.InputError, match="no query has a true match in the gallery"):
+    jobs.run(_config(features, train_dir), str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "results.json").exists()
+
+
+def test_times_beyond_the_prior_and_unseen_cameras_warn_with_counts(tmp_path):
+  train_dir, arrays = make_case(tmp_path)
+  query, gallery, _ = feature_files.load_features(_save(tmp_path, arrays))
+  listing = names.list_image_folder(str(train_dir))
+  model = st.fit(listing.records.person_ids, listing.records.cameras, listing.records.times,
+                 4, st.STParams(num_bins=300))
+  logged = []
+  log = lambda fmt, *a: logged.append(fmt % a)
+  far = gallery.select(np.arange(len(gallery)))
+  far = records.Records(far.person_ids, far.cameras, far.times + 10**7, far.features)
+  counts = stages.check_evaluation_inputs(query, far, model, log)
+  assert counts["pairs_beyond_last_bin"] == len(query) * len(gallery)
+  assert any("(100.00%)" in m and "'st' ranks exactly like 'visual'" in m for m in logged)
+  unseen = records.Records(query.person_ids, np.full(len(query), 3), query.times,
+                           query.features)
+  logged.clear()
+  counts = stages.check_evaluation_inputs(unseen, gallery, model, log)
+  assert counts["queries_from_unseen_cameras"] == len(query)
+  assert any(f"{len(query)} queries come from cameras [4]" in m for m in logged)
+
+
+def _save(tmp_path, arrays):
+  path = tmp_path / "saved.npz"
+  np.savez(path, **arrays)
+  return str(path)
 
 
 def test_empty_train_folder_and_missing_file(tmp_path):
@@ -125,6 +205,6 @@ def test_empty_train_folder_and_missing_file(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
   with pytest.raises(ValueError, match="holds no images"):
-    pipeline.run(_config(features, empty), str(tmp_path / "w"))
+    jobs.run(_config(features, empty), str(tmp_path / "w"))
   with pytest.raises(FileNotFoundError, match="nope.npz"):
-    pipeline.run(_config(tmp_path / "nope.npz", empty), str(tmp_path / "w"))
+    jobs.run(_config(tmp_path / "nope.npz", empty), str(tmp_path / "w"))

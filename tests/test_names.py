@@ -65,16 +65,35 @@ def test_grammar_can_be_insisted_on():
 
 def test_parse_names_arrays():
   t = names.parse_names(["0002_c1s2_000010_01.jpg", "0003_c6s1_000020_02.jpg"])
-  assert t.person_id.tolist() == [2, 3]
-  assert t.camera.tolist() == [1, 6]
-  assert t.time.tolist() == [72681 + 10, 20]
+  assert t.person_ids.tolist() == [2, 3]
+  assert t.cameras.tolist() == [0, 5]  # records are 0-based: c1 -> 0, c6 -> 5
+  assert t.times.tolist() == [72681 + 10, 20]
+  assert t.names.tolist() == ["0002_c1s2_000010_01.jpg", "0003_c6s1_000020_02.jpg"]
+
+
+def test_mixed_grammars_are_an_error():
+  with pytest.raises(names.BadNameError, match=r"'0001_c2_f0046182.jpg' is a duke name but "
+                     r"'0002_c1s2_000010_01.jpg' is a market name"):
+    names.parse_names(["0002_c1s2_000010_01.jpg", "0001_c2_f0046182.jpg"])
+
+
+def test_training_folder_with_junk_warns_with_counts():
+  logged = []
+  r = names.parse_names(["-1_c1s1_000010_01.jpg", "0000_c2s1_000020_01.jpg",
+                         "0000_c2s1_000030_01.jpg", "0005_c3s1_000040_01.jpg"])
+  names.warn_if_test_split(r, "bounding_box_test", lambda *a: logged.append(a[0] % a[1:]))
+  assert len(logged) == 1
+  assert "1 junk (id -1) and 2 distractor (id 0) images of 4" in logged[0]
+  assert "looks like a test split" in logged[0]
+  names.warn_if_test_split(r.select(r.person_ids > 0), "train", logged.append)
+  assert len(logged) == 1
 
 
 def test_list_image_folder_reports_skipped(tmp_path):
   for n in ["0002_c1s1_000451_03.jpg", "0002_c2s1_000500_01.jpg", "Thumbs.db", "notes.txt"]:
     (tmp_path / n).write_bytes(b"")
   listing = names.list_image_folder(str(tmp_path))
-  assert listing.table.names == ("0002_c1s1_000451_03.jpg", "0002_c2s1_000500_01.jpg")
+  assert listing.records.names.tolist() == ["0002_c1s1_000451_03.jpg", "0002_c2s1_000500_01.jpg"]
   assert listing.skipped == ("Thumbs.db", "notes.txt")
 
 

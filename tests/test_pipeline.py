@@ -11,11 +11,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _main(workdir, *flags, env=None, timeout=600):
+def _main(workdir, *flags, env=None, timeout=600, returncode=0):
   proc = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}",
                          "--config=experiments/tiny.py", *flags], cwd=ROOT, capture_output=True,
                         text=True, timeout=timeout, env=env)
-  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert proc.returncode == returncode, proc.stderr[-4000:]
   return proc
 
 
@@ -38,6 +38,10 @@ def test_main_job_writes_results_and_pictures(tiny_run):
     assert (workdir / f).stat().st_size > 0, f
   assert os.listdir(workdir / "tensorboard")
   assert "steps/s" in proc.stderr and "ETA" in proc.stderr
+  assert "\x1b[" not in proc.stderr and "\r" not in proc.stderr  # no progress-bar escapes
+  shown = [l for l in proc.stderr.splitlines() if "changed from the defaults:" in l]
+  assert len(shown) == 1 and "data.dataset='synthetic'" in shown[0]
+  assert "model.depth=0" in shown[0] and "st.sigma" not in shown[0]
   assert "rank-1" in proc.stdout
   # The features file is the evaluate-from-features format: one row per image.
   f = np.load(workdir / "features.npz")
@@ -56,8 +60,36 @@ def test_second_run_reuses_every_stage(tiny_run, tmp_path):
   assert json.loads((workdir / "results.json").read_text()) == before
   # A training setting changed: training resumes (from its checkpoint) and features
   # are extracted again; an evaluation setting alone does not retrain.
-  more = _main(workdir, "--config.epochs=3")
+  more = _main(workdir, "--config.train.epochs=3")
   assert "training settings changed" in more.stderr and "training:" in more.stderr
+  assert "resumed from the checkpoint of step 16" in more.stderr  # 2 epochs x 8 steps
+  # Settings that shape the model: the old checkpoints are not reused, and nothing of
+  # the workdir is overwritten.
+  after = json.loads((workdir / "results.json").read_text())
+  other = _main(workdir, "--config.optimizer.lr=0.5", returncode=1)
+  lines = [l for l in other.stderr.splitlines() if l.startswith("error:")]
+  assert lines == ["error: this workdir was trained with other settings (changed: "
+                   "optimizer.lr): use a new workdir or --config.overwrite=True"]
+  assert "Traceback" not in other.stderr
+  assert json.loads((workdir / "results.json").read_text()) == after
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.foo=1", "error: unknown config field 'foo' (in --config.foo=1): config has "
+     "the fields augment, checkpoint,"),
+    ("--config.model.depht=34", "error: unknown config field 'model.depht' (in "
+     "--config.model.depht=34): model has the fields bottleneck, depth, dropout,"),
+])
+def test_unknown_config_field_is_one_line(tmp_path, flag, message):
+  proc = _main(tmp_path, flag, returncode=2)
+  assert proc.stderr.startswith(message), proc.stderr[-2000:]
+  assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bad_setting_stops_before_anything_is_written(tmp_path):
+  proc = _main(tmp_path / "w", "--config.eval.max_rank=0", returncode=1)
+  assert "error: config: eval.max_rank=0: expected a whole number >= 1" in proc.stderr
+  assert not (tmp_path / "w").exists()
 
 
 def test_features_file_of_the_pipeline_evaluates_the_same(tiny_run, tmp_path):
@@ -80,13 +112,13 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
   """2 processes (jax.distributed on CPU, 1 device each) == 1 process with 2 devices."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   single = tmp_path / "single"
-  _main(single, "--config.data_shards=2", "--config.epochs=1", "--config.rerank=False",
+  _main(single, "--config.data.shards=2", "--config.train.epochs=1", "--config.rerank.enabled=False",
         env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
   multi = tmp_path / "multi"
   port = 20000 + os.getpid() % 20000
   procs = [subprocess.Popen(
       [sys.executable, "main.py", f"--workdir={multi}", "--config=experiments/tiny.py",
-       "--config.data_shards=2", "--config.epochs=1", "--config.rerank=False",
+       "--config.data.shards=2", "--config.train.epochs=1", "--config.rerank.enabled=False",
        f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
@@ -100,10 +132,11 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
   a, b = np.load(single / "features.npz"), np.load(multi / "features.npz")
   assert a.files == b.files
   for k in a.files:
-    if a[k].dtype.kind in "US":  # the training fingerprint: same config, same digest
-      assert a[k] == b[k]
-    else:
-      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  # Same config, same digests.
+  for stage in ("train", "extract", "fit_st"):
+    assert (json.loads((single / "stages" / f"{stage}.json").read_text())["digest"]
+            == json.loads((multi / "stages" / f"{stage}.json").read_text())["digest"])
   ra = json.loads((single / "results.json").read_text())
   rb = json.loads((multi / "results.json").read_text())
   for kind in ra:

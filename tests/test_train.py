@@ -10,14 +10,13 @@ import pytest
 from flax import nnx
 
 from experiments import tiny
+from jreid import sharding
 from jreid import train
 from jreid.data import pipeline
 
 
-def _config(**overrides):
-  config = tiny.get_config()
-  config.update(overrides)
-  return config
+def _config():
+  return tiny.get_config()
 
 
 def test_learning_rate_schedule_and_warmup():
@@ -42,9 +41,9 @@ def test_sgd_nesterov_weight_decay_and_head_learning_rate():
   np.testing.assert_allclose(updates["head"]["w"], -0.1 * (g + 0.9 * g), rtol=1e-6)
 
 
-def _run(config, workdir, builder, stop_at=None, how="kill"):
-  data = pipeline.TrainData(builder, config.batch_size, tuple(config.image_size),
-                            seed=config.seed, num_shards=config.data_shards)
+def _run(config, workdir, builder, stop_at=None, how="kill", losses=None):
+  data = pipeline.TrainData(builder, config.train.batch_size, tuple(config.data.image_size),
+                            seed=config.train.seed, num_shards=config.data.shards)
 
   def batches(start):
     for step, batch in enumerate(data.batches(start), start):
@@ -54,8 +53,7 @@ def _run(config, workdir, builder, stop_at=None, how="kill"):
         os.kill(os.getpid(), signal.SIGTERM)
       yield batch
 
-  result = train.train(config, workdir, batches, pipeline.to_global, data.num_classes,
-                       data.steps_per_epoch)
+  result = train.train(config, workdir, batches, data.num_classes, data.steps_per_epoch)
   return result, data
 
 
@@ -63,13 +61,31 @@ def _params(result):
   return jax.tree.map(np.asarray, nnx.to_pure_dict(result.state))
 
 
+def test_train_state_is_named_model_and_optimizer(builder):
+  config = _config()
+  graphdef, state = train.create_train_state(config, num_classes=5, steps_per_epoch=3)
+  pure = nnx.to_pure_dict(state)
+  assert sorted(pure) == ["model", "optimizer"]
+  assert "backbone" in pure["model"] and "head" in pure["model"]
+  merged = nnx.merge(graphdef, state)
+  assert isinstance(merged["model"], train.heads.ReIDModel)
+
+
 def test_training_reduces_loss_and_resumes_exactly(builder, tmp_path):
-  config = _config(epochs=3, checkpoint_every_steps=4, keep_checkpoints=2)
+  config = _config()
+  config.train.epochs = 3
+  config.checkpoint.every_steps, config.checkpoint.keep = 4, 2
+  config.log_every_steps = 1
   full, data = _run(config, str(tmp_path / "full"), builder)
   total = 3 * data.steps_per_epoch
   assert full.step == total
   kept = os.listdir(tmp_path / "full" / "checkpoints")
-  assert len(kept) == 2 and str(total) in kept  # keep_checkpoints=2, the final one saved
+  assert len(kept) == 2 and str(total) in kept  # checkpoint.keep=2, the final one saved
+  # The loss falls: TensorBoard has train/loss at every step.
+  losses = _scalars(tmp_path / "full" / "tensorboard", "train/loss")
+  assert len(losses) == total
+  k = data.steps_per_epoch
+  assert np.mean(losses[-k:]) < np.mean(losses[:k])
 
   # Killed at step 10: the checkpoint of step 8 survives; the same call resumes.
   with pytest.raises(KeyboardInterrupt):
@@ -87,24 +103,48 @@ def test_training_reduces_loss_and_resumes_exactly(builder, tmp_path):
   # A finished run is not redone.
   done, _ = _run(config, str(tmp_path / "full"), builder)
   assert done.step == total
+  # A checkpoint of another architecture is refused with one clear error.
+  other = _config()
+  other.train.epochs = 3
+  other.model.width = 8
+  with pytest.raises(train.CheckpointMismatch, match="does not fit this model"):
+    _run(other, str(tmp_path / "full"), builder)
 
 
-def test_loss_goes_down(builder, tmp_path):
-  config = _config(epochs=8, checkpoint_every_steps=1000, log_every_steps=1000)
+def _scalars(logdir, tag):
+  """Values of a TensorBoard scalar tag, in step order (read back with tensorboardX's
+  own protobufs, no TensorFlow)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  import struct  # pylint: disable=g-import-not-at-top
+  values = {}
+  for name in sorted(os.listdir(logdir)):
+    data = open(os.path.join(logdir, name), "rb").read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for v in event.summary.value:
+        if v.tag == tag:
+          values[event.step] = v.simple_value
+  return [values[k] for k in sorted(values)]
+
+
+def test_loss_goes_down(builder):
+  config = _config()
+  config.train.epochs = 8
   config.optimizer.decay_epochs = (100,)
   config.model.width, config.model.bottleneck, config.model.dropout = 8, 32, 0.0
-  data = pipeline.TrainData(builder, config.batch_size, tuple(config.image_size), seed=0)
-  mesh = train.make_mesh()
-  model = train.build_model(config, data.num_classes)
-  model.train()
-  opt = nnx.Optimizer(model, train.make_optimizer(config, data.steps_per_epoch), wrt=nnx.Param)
-  graphdef, state = nnx.split((model, opt))
-  state = jax.device_put(state, train.replicated(mesh))
+  data = pipeline.TrainData(builder, config.train.batch_size, tuple(config.data.image_size),
+                            seed=0)
+  mesh = sharding.make_mesh()
+  graphdef, state = train.create_train_state(config, data.num_classes, data.steps_per_epoch)
+  state = jax.device_put(state, sharding.replicated(mesh))
   step_fn = train.make_train_step(graphdef, mesh, 0)
   losses = []
   it = data.batches(0)
   for step in range(8 * data.steps_per_epoch):
-    state, m = step_fn(state, pipeline.to_global(next(it), train.data_sharding(mesh)),
+    state, m = step_fn(state, sharding.to_global(next(it), sharding.data_sharding(mesh)),
                        jnp.int32(step))
     losses.append(float(m["loss"]))
   k = data.steps_per_epoch

@@ -1,0 +1,435 @@
+"""The workdir-cached stages of a job, with one reuse rule.
+
+prepare data -> train -> extract -> fit ST -> evaluate -> pictures. Each stage
+writes its products to the workdir and a stamp ``<workdir>/stages/<stage>.json``
+holding the digest of the inputs that shape them (``digest``). A product is
+reused only when its stamp's digest equals the digest of the inputs now; the
+stamp is written after the product, so a stage cut short is redone.
+
+* data: the synthetic world (digest of its parameters) and the TFDS dataset (a
+  digest of the manual source's names, sizes and times, kept beside it).
+* train: checkpoints; digest of the training sections of the config (an
+  allowlist, ``TRAINING_SECTIONS``) without ``train.epochs`` (a longer run
+  resumes a shorter one: the schedule does not depend on it) and of the data.
+  Checkpoints of other settings are never resumed: the job stops and says so,
+  unless ``config.overwrite`` is set, which discards them.
+* extract: ``features.npz``; digest of the training digest and ``train.epochs``.
+* fit ST: ``st_model.npz``; digest of the ST constants and the training records.
+* evaluate and pictures: always redone (cheap next to the rest); their inputs
+  are the products above.
+
+This module and ``jreid.jobs`` are the only ones that read configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from jreid import errors
+from jreid import evaluate as evaluation
+from jreid import feature_files
+from jreid import files
+from jreid import metrics
+from jreid import plots
+from jreid import progress
+from jreid import records as records_lib
+from jreid import rerank as rerank_lib
+from jreid import scoring
+from jreid import sharding
+from jreid import st as st_lib
+
+RESULTS_FILE = "results.json"
+ST_MODEL_FILE = "st_model.npz"
+FEATURES_FILE = "features.npz"
+STAMPS_DIR = "stages"
+# Sections of a training config that shape the trained model and its features.
+TRAINING_SECTIONS = ("data", "model", "optimizer", "augment", "loss", "train")
+
+
+# ----------------------------------------------------------------------------- reuse rule
+
+def digest(inputs: Any) -> str:
+  """A stable digest of JSON-able inputs (numpy arrays are hashed by their bytes)."""
+  def encode(x):
+    if isinstance(x, np.ndarray):
+      return hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest() + str(x.dtype)
+    if isinstance(x, ml_collections.ConfigDict):
+      return x.to_dict()
+    return str(x)
+  return hashlib.sha1(json.dumps(inputs, sort_keys=True, default=encode).encode()).hexdigest()
+
+
+def _stamp_path(workdir: str, stage: str) -> str:
+  return files.join(workdir, STAMPS_DIR, f"{stage}.json")
+
+
+def read_stamp(workdir: str, stage: str) -> dict | None:
+  path = _stamp_path(workdir, stage)
+  return files.read_json(path) if files.exists(path) else None
+
+
+def is_current(workdir: str, stage: str, wanted: str, *products: str) -> bool:
+  """True when every product exists and the stage's stamp has the digest ``wanted``."""
+  stamp = read_stamp(workdir, stage)
+  return (stamp is not None and stamp.get("digest") == wanted
+          and all(files.exists(files.join(workdir, p)) for p in products))
+
+
+def write_stamp(workdir: str, stage: str, wanted: str, **info) -> None:
+  """Records that the stage's products now come from inputs with digest ``wanted``."""
+  if sharding.is_main_process():
+    files.write_json(_stamp_path(workdir, stage),
+                     dict(digest=wanted, written=time.strftime("%Y-%m-%d %H:%M:%S"), **info))
+
+
+# ----------------------------------------------------------------------------- parameters
+
+def st_params(config: ml_collections.ConfigDict) -> st_lib.STParams:
+  s = config.st
+  return st_lib.STParams(bin_width=s.bin_width, num_bins=s.num_bins, sigma=s.sigma,
+                         truncate=s.truncate, eps=s.eps)
+
+
+def fusion_params(config: ml_collections.ConfigDict) -> scoring.FusionParams:
+  return scoring.FusionParams(**config.fusion.to_dict())
+
+
+def rerank_params(config: ml_collections.ConfigDict) -> rerank_lib.RerankParams:
+  r = config.rerank
+  return rerank_lib.RerankParams(k1=r.k1, k2=r.k2, lambda_value=r.lambda_value)
+
+
+def methods(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The evaluation methods of the config; re-ranking ones only with rerank.enabled."""
+  return tuple(m for m in config.eval.methods
+               if config.rerank.enabled or not evaluation.METHODS[m].rerank)
+
+
+def training_digest(config: ml_collections.ConfigDict, data_digest: str) -> str:
+  """Digest of what shapes the checkpoints: the training sections but train.epochs."""
+  sections = {k: config[k].to_dict() for k in TRAINING_SECTIONS if k in config}
+  sections["train"] = {k: v for k, v in sections.get("train", {}).items() if k != "epochs"}
+  return digest(dict(sections=sections, data=data_digest))
+
+
+def features_digest(config: ml_collections.ConfigDict, data_digest: str) -> str:
+  return digest(dict(training=training_digest(config, data_digest),
+                     epochs=config.train.epochs))
+
+
+# ----------------------------------------------------------------------------- data
+
+def _synthetic_source(config, workdir: str) -> tuple[str, str]:
+  """The synthetic world in ``<workdir>/synthetic_world`` (or manual_dir), generated once."""
+  from jreid.data import synthetic  # pylint: disable=g-import-not-at-top
+  params = synthetic.WorldParams(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                                    for k, v in config.data.synthetic.to_dict().items()})
+  out = config.manual_dir or files.join(workdir, "synthetic_world")
+  wanted = digest(dataclasses.asdict(params))
+  if sharding.is_main_process() and not is_current(workdir, "synthetic_world", wanted):
+    if files.exists(files.join(out, synthetic.ROOT_NAME)):
+      raise errors.InputError(
+          f"{out!r} holds a synthetic world that this workdir has no record of (other "
+          f"parameters, or an older jreid): use a new workdir, or delete that folder")
+    start = time.time()
+    synthetic.generate(out, params)
+    write_stamp(workdir, "synthetic_world", wanted, params=dataclasses.asdict(params))
+    logging.info("synthetic world written to %s in %.1f s", out, time.time() - start)
+  return out, wanted
+
+
+def _market_source(config, workdir: str) -> tuple[str, str]:
+  """Market-1501 from the manual dir; the digest comes from the zip's or folder's files."""
+  del workdir
+  from jreid.data import market1501  # pylint: disable=g-import-not-at-top
+  manual_dir = config.manual_dir or files.join(_data_dir(config, ""), "downloads", "manual")
+  return manual_dir, market1501.source_digest(manual_dir)
+
+
+# Datasets by name: (config, workdir) -> (manual dir, digest of the source data).
+DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], tuple[str, str]]] = {
+    "synthetic": _synthetic_source,
+    "market1501": _market_source,
+}
+
+
+def _data_dir(config, workdir: str) -> str:
+  if config.data_dir:
+    return config.data_dir
+  if config.data.dataset == "synthetic":
+    return files.join(workdir, "tfds")
+  return os.path.expanduser("~/tensorflow_datasets")
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: str):
+  """The prepared ``market1501`` TFDS builder and the digest of its source data.
+
+  Process 0 generates and prepares (re-preparing when the source changed); the
+  others wait, then open it.
+  """
+  from jreid.data import market1501  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  manual_dir, source = DATASETS[config.data.dataset](config, workdir)
+  data_dir = _data_dir(config, workdir)
+  if sharding.is_main_process():
+    market1501.prepare(data_dir, manual_dir, source_digest=source)
+  sharding.sync("jreid: data prepared")
+  return market1501.prepare(data_dir, manual_dir, source_digest=source), source
+
+
+# ----------------------------------------------------------------------------- train
+
+def _discard_training(workdir: str) -> None:
+  for name in ("checkpoints", FEATURES_FILE, files.join(STAMPS_DIR, "train.json"),
+               files.join(STAMPS_DIR, "extract.json")):
+    path = files.join(workdir, name)
+    if files.exists(path):
+      if files.isdir(path):
+        files.path(path).rmtree()
+      else:
+        files.path(path).unlink()
+
+
+def check_training_products(config, workdir: str, wanted: str) -> None:
+  """Stops when the workdir holds checkpoints of other settings (or of an older jreid).
+
+  With ``config.overwrite`` they are discarded instead.
+  """
+  checkpoints = files.join(workdir, "checkpoints")
+  stamp = read_stamp(workdir, "train")
+  stale = files.exists(checkpoints) and files.listdir(checkpoints) and (
+      stamp is None or stamp.get("digest") != wanted)
+  if not stale:
+    return
+  if config.overwrite:
+    logging.warning("overwrite: discarding %s's checkpoints and features of other training "
+                    "settings", workdir)
+    if sharding.is_main_process():
+      _discard_training(workdir)
+    sharding.sync("jreid: old training discarded")
+    return
+  changed = ""
+  if stamp is not None and "sections" in stamp:
+    now = json.loads(json.dumps({k: config[k].to_dict() for k in TRAINING_SECTIONS
+                                 if k in config}, default=str))
+    diffs = [f"{s}.{k}" for s in sorted(set(now) | set(stamp["sections"]))
+             for k in sorted(set(now.get(s, {})) | set(stamp["sections"].get(s, {})))
+             if now.get(s, {}).get(k) != stamp["sections"].get(s, {}).get(k)
+             and f"{s}.{k}" != "train.epochs"]
+    changed = f" (changed: {', '.join(diffs)})" if diffs else " (the data changed)"
+  elif stamp is None:
+    changed = " (or by an older jreid)"
+  raise errors.InputError(
+      f"this workdir was trained with other settings{changed}: use a new workdir or "
+      f"--config.overwrite=True")
+
+
+def train(config, workdir: str, builder, data_digest: str, mesh):
+  """Trains (or resumes training of) the visual model; returns ``train.TrainResult``."""
+  from jreid import train as train_lib  # pylint: disable=g-import-not-at-top
+  from jreid.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
+  wanted = training_digest(config, data_digest)
+  check_training_products(config, workdir, wanted)
+  a = config.augment
+  data = data_pipeline.TrainData(
+      builder, config.train.batch_size, tuple(config.data.image_size), seed=config.train.seed,
+      augment=data_pipeline.AugmentParams(flip=a.flip, erase_probability=a.erase_probability,
+                                          erase_area=tuple(a.erase_area),
+                                          erase_min_aspect=a.erase_min_aspect),
+      sampler=config.data.sampler, ids_per_batch=config.data.ids_per_batch,
+      images_per_id=config.data.images_per_id, num_shards=config.data.shards)
+  logging.info("train split: %d identities, %d images in this process (shards %s of %d), "
+               "%d steps per epoch", data.num_classes, data.num_images, data.shards,
+               data.num_shards, data.steps_per_epoch)
+  write_stamp(workdir, "train", wanted, sections=json.loads(json.dumps(
+      {k: config[k].to_dict() for k in TRAINING_SECTIONS if k in config}, default=str)))
+  return train_lib.train(config, workdir, data.batches, data.num_classes,
+                         data.steps_per_epoch, mesh)
+
+
+def extract(config, builder, result, mesh) -> tuple[records_lib.Records, records_lib.Records]:
+  """Normalised query and gallery features of the trained model (one row per image)."""
+  from jreid import features as features_lib  # pylint: disable=g-import-not-at-top
+  from jreid.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
+  step = features_lib.make_extract_step(result.graphdef, mesh)
+  sets = []
+  for split in ("query", "gallery"):
+    batches, n = data_pipeline.eval_batches(builder, split, config.eval.batch_size,
+                                            tuple(config.data.image_size))
+    sets.append(features_lib.extract(step, result.state, batches, n,
+                                     sharding.data_sharding(mesh), config.model.parts,
+                                     name=f"extract {split}"))
+  return sets[0], sets[1]
+
+
+def extract_or_reuse(config, workdir: str, builder, data_digest: str, mesh
+                     ) -> tuple[records_lib.Records, records_lib.Records]:
+  """features.npz of the current training settings: reused, or trained and extracted."""
+  wanted = features_digest(config, data_digest)
+  path = files.join(workdir, FEATURES_FILE)
+  if is_current(workdir, "extract", wanted, FEATURES_FILE):
+    logging.info("features: reusing %s", path)
+    query, gallery, _ = feature_files.load_features(path)  # normalised when written
+    return query, gallery
+  if files.exists(path):
+    logging.info("features: training settings changed since %s was written", path)
+  result = train(config, workdir, builder, data_digest, mesh)
+  query, gallery = extract(config, builder, result, mesh)
+  if sharding.is_main_process():
+    feature_files.save_features(path, query, gallery)
+  write_stamp(workdir, "extract", wanted, step=int(result.step))
+  return query, gallery
+
+
+# ----------------------------------------------------------------------------- ST
+
+def fit_st(train: records_lib.Records, num_cameras: int, config, workdir: str
+           ) -> st_lib.STModel:
+  """Fits the ST model on the labelled training records, or reuses the workdir's.
+
+  Junk (-1) and distractors (0) never enter the fit; their count is reported.
+  """
+  labelled = train.person_ids > 0
+  if not labelled.all():
+    logging.warning("ST model: left out %d junk (id -1) and %d distractor (id 0) training "
+                    "images", int((train.person_ids < 0).sum()),
+                    int((train.person_ids == 0).sum()))
+    train = train.select(labelled)
+  params = st_params(config)
+  wanted = digest(dict(params=dataclasses.asdict(params), num_cameras=num_cameras,
+                       ids=train.person_ids, cameras=train.cameras, times=train.times))
+  path = files.join(workdir, ST_MODEL_FILE)
+  if is_current(workdir, "fit_st", wanted, ST_MODEL_FILE):
+    logging.info("ST model: reusing %s", path)
+    return st_lib.STModel.load(path)
+  start = time.time()
+  model = st_lib.fit(train.person_ids, train.cameras, train.times, num_cameras, params)
+  logging.info("ST model: %d identities, %d camera-pair counts, %d beyond the last bin, "
+               "fitted in %.2f s", model.num_identities, model.num_pair_counts,
+               model.num_out_of_range, time.time() - start)
+  if model.num_out_of_range:
+    logging.warning("ST model: %d (identity, camera pair) transit times exceed %d bins x %d "
+                    "frames and were left out; raise config.st.num_bins to keep them",
+                    model.num_out_of_range, params.num_bins, params.bin_width)
+  if sharding.is_main_process():
+    model.save(path)
+    plots.plot_st_distributions(model.table, params.bin_width,
+                                files.join(workdir, "st_distributions.png"))
+  write_stamp(workdir, "fit_st", wanted)
+  return model
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def check_evaluation_inputs(query: records_lib.Records, gallery: records_lib.Records,
+                            st_model: st_lib.STModel | None, log=logging.warning) -> dict:
+  """Stops when no query can be scored; warns (with counts) where the prior is blind.
+
+  Raises errors.InputError when no query has a true match in the gallery (same id,
+  another camera, id not -1): every metric would be 0. Warns when query/gallery
+  time differences fall beyond the ST table's last bin (there the ST probability
+  is 0 and "st" ranks like "visual"), and when query cameras have no transits in
+  the ST model. Returns the counts.
+  """
+  good, _ = evaluation.match_lists(query.person_ids, query.cameras, gallery.person_ids,
+                                   gallery.cameras)
+  with_match = int((good >= 0).any(axis=1).sum()) if len(query) else 0
+  if with_match == 0:
+    raise errors.InputError(
+        f"no query has a true match in the gallery (same id, another camera, id not -1): "
+        f"{len(query)} queries, {len(gallery)} gallery items of which "
+        f"{int((gallery.person_ids == -1).sum())} junk; every metric would be 0")
+  if with_match < len(query):
+    log("evaluate: %d of %d queries have no true match in the gallery and are left out of "
+        "the averages", len(query) - with_match, len(query))
+  counts = dict(queries_with_match=with_match)
+  if st_model is None:
+    return counts
+  span = st_model.params.num_bins * st_model.params.bin_width
+  g = np.sort(gallery.times)
+  inside = (np.searchsorted(g, query.times + span, side="left")
+            - np.searchsorted(g, query.times - span, side="right")).sum()
+  beyond = len(query) * len(gallery) - int(inside)
+  counts["pairs_beyond_last_bin"] = beyond
+  if beyond:
+    log("evaluate: %d of %d query/gallery pairs (%.2f%%) are further apart in time than the ST "
+        "table's last bin (%d bins x %d): their ST probability is 0%s", beyond,
+        len(query) * len(gallery), 100.0 * beyond / (len(query) * len(gallery)),
+        st_model.params.num_bins, st_model.params.bin_width,
+        " (every pair: 'st' ranks exactly like 'visual')" if inside == 0 else "")
+  seen = st_model.table.sum(axis=(1, 2)) + st_model.table.sum(axis=(0, 2)) > 0
+  unseen = (query.cameras >= len(seen)) | ~seen[np.minimum(query.cameras, len(seen) - 1)]
+  counts["queries_from_unseen_cameras"] = int(unseen.sum())
+  if unseen.any():
+    log("evaluate: %d queries come from cameras %s that the ST model has no transits for "
+        "(ST probability 0 for all their pairs)", int(unseen.sum()),
+        sorted(set((query.cameras[unseen] + 1).tolist())))
+  return counts
+
+
+def evaluate(query: records_lib.Records, gallery: records_lib.Records, st_model: st_lib.STModel,
+             config, workdir: str, writer: progress.MetricWriter | None = None,
+             step: int = 0) -> dict:
+  """Every method of the config; writes results.json, cmc.json, cmc.png (and TensorBoard)."""
+  chosen = methods(config)
+  check_evaluation_inputs(query, gallery, st_model)
+  found = evaluation.evaluate(
+      query, gallery, st_model.table, bin_width=st_model.params.bin_width,
+      fusion=fusion_params(config), methods=chosen, rerank=rerank_params(config),
+      budget_elements=config.eval.budget_elements, max_rank=config.eval.max_rank)
+  results = {kind: found[kind].summary() for kind in chosen}
+  curves = {kind: found[kind].cmc for kind in chosen}
+  if sharding.is_main_process():
+    files.write_json(files.join(workdir, RESULTS_FILE), results)
+    files.write_json(files.join(workdir, "cmc.json"), {k: v.tolist() for k, v in curves.items()})
+    plots.plot_cmc(curves, files.join(workdir, "cmc.png"))
+    if writer is not None:
+      writer.scalars(step, {f"eval/{kind}/{k}": r[k] for kind, r in results.items()
+                            for k in ("rank1", "mAP", "mINP")})
+    print(format_table(results))
+  return results
+
+
+def pictures(config, builder, query: records_lib.Records, gallery: records_lib.Records,
+             st_model: st_lib.STModel, workdir: str) -> None:
+  """ranked_lists.png: the top-10 gallery images (joint score) of a few queries."""
+  from jreid.data import market1501  # pylint: disable=g-import-not-at-top
+  n = min(config.eval.ranked_list_queries, len(query))
+  if n == 0 or not sharding.is_main_process():
+    return
+  picks = np.linspace(0, len(query) - 1, n).astype(int)
+  q = query.select(picks)
+  top = evaluation.top_k_gallery(q, gallery, st_model.table, 10, st_model.params.bin_width,
+                                 fusion_params(config))
+  q_images = market1501.decoded_images(builder, "query", picks)
+  g_images = market1501.decoded_images(builder, "gallery", np.unique(top))
+  plots.plot_ranked_lists(
+      [q_images[i] for i in picks], [[g_images[j] for j in row] for row in top],
+      gallery.person_ids[top] == q.person_ids[:, None], files.join(workdir, "ranked_lists.png"),
+      titles=[f"id {p} c{c + 1}" for p, c in zip(q.person_ids, q.cameras)])
+
+
+def format_table(results: dict) -> str:
+  """A short text table of rank-1/5/10, mAP and mINP (percent) per method."""
+  lines = [f"{'method':<14}{'rank-1':>8}{'rank-5':>8}{'rank-10':>8}{'mAP':>8}{'mINP':>8}"]
+  for kind, r in results.items():
+    lines.append(f"{kind:<14}" + "".join(f"{100 * r[k]:>8.2f}"
+                                         for k in ("rank1", "rank5", "rank10", "mAP", "mINP")))
+  return "\n".join(lines)
+
+
+def load_features_file(path: str, num_parts: int
+                       ) -> tuple[records_lib.Records, records_lib.Records]:
+  """A features file as normalised query and gallery records."""
+  query, gallery, _ = feature_files.load_features(path)
+  return (query.with_features(scoring.l2_normalise_features(query.features, num_parts)),
+          gallery.with_features(scoring.l2_normalise_features(gallery.features, num_parts)))

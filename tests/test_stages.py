@@ -1,0 +1,144 @@
+"""The reuse rule of the workdir stages, the training digest and config validation."""
+
+import numpy as np
+import pytest
+
+from experiments import eval_features
+from experiments import tiny
+from jreid import errors
+from jreid import features
+from jreid import stages
+from jreid import validation
+
+
+@pytest.mark.parametrize("field, value", [
+    ("model.width", 8), ("optimizer.lr", 0.02), ("train.seed", 1), ("train.batch_size", 16),
+    ("data.image_size", (64, 32)), ("augment.erase_probability", 0.0),
+    ("data.synthetic.seed", 3), ("optimizer.decay_epochs", (5,)),
+])
+def test_training_digest_changes_with_fields_that_shape_training(field, value):
+  config = tiny.get_config()
+  before = stages.training_digest(config, "data")
+  section, *rest = field.split(".")
+  node = config[section]
+  for key in rest[:-1]:
+    node = node[key]
+  node[rest[-1]] = value
+  assert stages.training_digest(config, "data") != before
+
+
+@pytest.mark.parametrize("field, value", [
+    ("st.num_bins", 10), ("fusion.st_gamma", 1.0), ("rerank.k1", 5), ("eval.batch_size", 16),
+    ("eval.budget_elements", 1000), ("checkpoint.every_steps", 7), ("log_every_steps", 9),
+    ("data_dir", "/elsewhere"), ("compilation_cache_dir", ""), ("train.epochs", 5),
+])
+def test_training_digest_ignores_fields_that_do_not(field, value):
+  config = tiny.get_config()
+  before = stages.training_digest(config, "data")
+  *path, key = field.split(".")
+  node = config
+  for p in path:
+    node = node[p]
+  node[key] = value
+  assert stages.training_digest(config, "data") == before
+  assert stages.training_digest(config, "other data") != before
+
+
+def test_features_digest_adds_the_epochs():
+  config = tiny.get_config()
+  before = stages.features_digest(config, "d")
+  config.train.epochs = 5
+  assert stages.features_digest(config, "d") != before
+
+
+def test_stamps_and_the_reuse_rule(tmp_path):
+  workdir = str(tmp_path)
+  assert not stages.is_current(workdir, "fit_st", "abc")
+  (tmp_path / "st_model.npz").write_bytes(b"x")
+  stages.write_stamp(workdir, "fit_st", "abc", note=1)
+  assert stages.is_current(workdir, "fit_st", "abc", "st_model.npz")
+  assert not stages.is_current(workdir, "fit_st", "abd", "st_model.npz")
+  assert not stages.is_current(workdir, "fit_st", "abc", "missing.npz")
+  assert stages.read_stamp(workdir, "fit_st")["note"] == 1
+  assert stages.digest({"a": np.arange(3)}) != stages.digest({"a": np.arange(4)})
+
+
+def test_checkpoints_of_other_settings_stop_the_job(tmp_path):
+  workdir = str(tmp_path)
+  config = tiny.get_config()
+  (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+  # No stamp at all: a workdir of an older jreid.
+  with pytest.raises(errors.InputError, match="older jreid.*use a new workdir or "
+                     "--config.overwrite=True"):
+    stages.check_training_products(config, workdir, stages.training_digest(config, "d"))
+  stages.write_stamp(workdir, "train", stages.training_digest(config, "d"),
+                     sections={k: config[k].to_dict() for k in stages.TRAINING_SECTIONS
+                               if k in config})
+  stages.check_training_products(config, workdir, stages.training_digest(config, "d"))
+  config.optimizer.lr = 0.5
+  with pytest.raises(errors.InputError, match=r"trained with other settings \(changed: "
+                     r"optimizer.lr\)"):
+    stages.check_training_products(config, workdir, stages.training_digest(config, "d"))
+  config.overwrite = True
+  stages.check_training_products(config, workdir, stages.training_digest(config, "d"))
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_extraction_keeps_split_order_and_drops_padding():
+  """Batches arrive in any order with padded rows; rows come back in split order."""
+  index = np.array([[3, 0, -1, -1], [1, 4, 2, -1]])
+  mask = index >= 0
+  batches = [{"image": np.zeros((4, 2, 2, 3), np.uint8) + i[:, None, None, None].clip(0),
+              "index": i, "mask": m, "id": i * 10, "camera": i + 1, "time": i * 100}
+             for i, m in zip(index, mask)]
+  import jax  # pylint: disable=g-import-not-at-top
+  from jreid import sharding  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh()
+  # A "model" whose feature is the image's first pixel: [B, 1 part, 2 dims].
+  step = lambda state, images: jax.numpy.stack(
+      [images[:, 0, 0, 0].astype(np.float32) + 1, np.ones(images.shape[0], np.float32)],
+      axis=-1)[:, None, :]
+  out = features.extract(step, None, iter(batches), 2, sharding.data_sharding(mesh), 1)
+  assert out.person_ids.tolist() == [0, 10, 20, 30, 40]
+  assert out.cameras.tolist() == [0, 1, 2, 3, 4]  # 1-based in the split, 0-based records
+  assert out.times.tolist() == [0, 100, 200, 300, 400]
+  expected = np.array([[i + 1, 1] for i in range(5)], np.float32)
+  np.testing.assert_allclose(out.features,
+                             expected / np.linalg.norm(expected, axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("st.eps", 0.0, r"st.eps=0.0: expected a finite number > 0"),
+    ("fusion.visual_gamma", -1.0, r"fusion.visual_gamma=-1.0: expected a finite number >= 0"),
+    ("fusion.st_lambda", -2.0, r"fusion.st_lambda=-2.0"),
+    ("num_parts", 0, r"num_parts=0: expected a whole number >= 1"),
+    ("eval.max_rank", 0, r"eval.max_rank=0: expected a whole number >= 1"),
+    ("rerank.lambda_value", 1.5, r"rerank.lambda_value=1.5"),
+    ("eval.methods", ("visual", "nope"), r"eval.methods=.*expected some of"),
+])
+def test_features_job_config_errors_name_the_field(field, value, message):
+  config = eval_features.get_config()
+  config.features, config.train_dir = "f.npz", "train"
+  *path, key = field.split(".")
+  node = config
+  for p in path:
+    node = node[p]
+  node[key] = value
+  with pytest.raises(errors.InputError, match=message):
+    validation.validate(config)
+
+
+def test_training_config_errors_are_listed_together():
+  config = tiny.get_config()
+  config.data.sampler = "pk"
+  config.data.ids_per_batch, config.data.images_per_id = 3, 2
+  config.model.depth = 20
+  with pytest.raises(errors.InputError) as e:
+    validation.validate(config, device_count=1)
+  assert "train.batch_size / shards = 8 images, expected data.ids_per_batch x " \
+         "data.images_per_id = 6" in str(e.value)
+  assert "model.depth=20" in str(e.value)
+  config = tiny.get_config()
+  config.job = "nope"
+  with pytest.raises(errors.InputError, match="job='nope': expected one of"):
+    validation.validate(config, jobs=("train_and_evaluate",))
