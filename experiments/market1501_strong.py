@@ -28,8 +28,8 @@ Choices the paper leaves open (or that differ in jreid), as set here:
 - Test: the BN feature of the image plus that of its horizontal flip (the paper
   does not flip at test), L2-normalised, cosine similarity; the paper reports
   without re-ranking, as results.json's "visual" row.
-- Pad-and-crop fills with black (zeros before normalisation, as torchvision's
-  Pad); random erasing fills with the ImageNet mean (0 after normalisation) with
+- Pad-and-crop pads with the ImageNet mean colour (0 after normalisation; the
+  paper's torchvision Pad pads with black); random erasing fills with the ImageNet mean (0 after normalisation) with
   area 0.02-0.4 and aspect from 0.3 (the paper's values).
 - Images resized bicubically (jreid's pipeline; torchvision's default is bilinear).
 - P x K sampling: identities in random order, K images of each (with replacement
@@ -42,14 +42,13 @@ from experiments import base
 def apply_strong_recipe(config) -> None:
   """Sets the recipe's head, losses, sampler, optimiser and augmentation (in place)."""
   config.model.head = "bnneck"
-  config.model.parts = 1
-  config.num_parts = 1              # the global feature is normalised as one part
+  config.model.parts = 1            # the global feature is normalised as one part
   config.model.last_stride = 1
   config.model.dropout = 0.0
-  config.sampler = "pk"
-  config.ids_per_batch = 16
-  config.images_per_id = 4
-  config.batch_size = 64
+  config.data.sampler = "pk"
+  config.data.ids_per_batch = 16
+  config.data.images_per_id = 4
+  config.train.batch_size = 64
   config.loss.label_smoothing = 0.1
   config.loss.triplet_weight = 1.0
   config.loss.margin = 0.3
@@ -69,9 +68,9 @@ def apply_strong_recipe(config) -> None:
 
 def get_config():
   config = base.training_config()
-  config.dataset = "market1501"
-  config.image_size = (256, 128)
-  config.epochs = 120
+  config.data.dataset = "market1501"
+  config.data.image_size = (256, 128)
+  config.train.epochs = 120
   config.model.depth = 50
   apply_strong_recipe(config)
   return config

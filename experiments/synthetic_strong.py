@@ -18,10 +18,10 @@ from experiments import synthetic
 def get_config():
   config = synthetic.get_config()
   market1501_strong.apply_strong_recipe(config)
-  config.ids_per_batch, config.images_per_id = 8, 4   # batch 32 as the PCB default
-  config.batch_size = 32
+  config.data.ids_per_batch, config.data.images_per_id = 8, 4  # batch 32 as the PCB default
+  config.train.batch_size = 32
   config.augment.pad = 4
-  epochs = config.epochs  # 24, as experiments/synthetic.py
+  epochs = config.train.epochs  # 24, as experiments/synthetic.py
   config.optimizer.warmup_epochs = epochs * 10 / 120
   config.optimizer.decay_epochs = (epochs * 40 / 120, epochs * 70 / 120)
   return config
