@@ -3,6 +3,7 @@
 * ``train_and_evaluate``: data -> train -> extract -> fit ST -> evaluate -> pictures.
 * ``evaluate_features``: a features file + a folder of training names -> fit ST ->
   evaluate (no training, no TensorFlow).
+* ``export``: a trained workdir -> ONNX and jax.export files of the visual model.
 
 ``run`` validates the whole config (``jreid.validation``) before any data is read,
 switches the persistent compilation cache on, and calls ``JOBS[config.job]``.
@@ -62,9 +63,19 @@ def evaluate_features(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return stages.evaluate(query, gallery, st_model, config, workdir)
 
 
+def export(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The trained visual model of a workdir as ONNX and jax.export (``jreid.export``)."""
+  from jreid import export as export_lib  # pylint: disable=g-import-not-at-top  (onnx)
+  info = export_lib.export_workdir(config, workdir)
+  logging.info("export: %s and %s (checkpoint step %d): input %s, output %s", info["onnx"],
+               info["jax_export"], info["step"], info["input"], info["output"])
+  return info
+
+
 JOBS: dict[str, Callable[[ml_collections.ConfigDict, str], dict]] = {
     "train_and_evaluate": train_and_evaluate,
     "evaluate_features": evaluate_features,
+    "export": export,
 }
 
 

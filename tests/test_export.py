@@ -98,3 +98,40 @@ def test_l2_normalise_parts_matches_scoring():
   np.testing.assert_allclose(export.l2_normalise_parts(jnp.asarray(f), 3),
                              scoring.l2_normalise_features(f.reshape(4, 15).copy(), 3),
                              rtol=1e-6, atol=1e-7)
+
+
+def test_export_job_on_a_trained_workdir_reproduces_its_features(tmp_path):
+  """main.py trains tiny, the export job writes both files; they give features.npz's rows."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+  from jreid import feature_files  # pylint: disable=g-import-not-at-top
+  from jreid.data import market1501  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  flags = ["--config.train.epochs=1", "--config.rerank.enabled=False",
+           "--config.eval.ranked_list_queries=0", "--config.model.head=bnneck",
+           "--config.model.parts=1", "--config.loss.triplet_weight=1.0"]
+  workdir = str(tmp_path / "run")
+  for config in ("experiments/tiny.py", "experiments/export.py:tiny"):
+    proc = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}", f"--config={config}",
+                           *flags], cwd=root, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+  query, _, _ = feature_files.load_features(os.path.join(workdir, "features.npz"))
+  builder = market1501.prepare(os.path.join(workdir, "tfds"))
+  n = min(len(query), 6)
+  images = market1501.decoded_images(builder, "query", range(n))
+  images = np.stack([images[i] for i in range(n)])
+  assert images.shape[1:] == (*SIZE, 3)  # the tiny world is drawn at the trained size
+  session = ort.InferenceSession(os.path.join(workdir, "export", "model.onnx"),
+                                 providers=["CPUExecutionProvider"])
+  np.testing.assert_allclose(session.run(None, {"images": images})[0], query.features[:n],
+                             rtol=1e-4, atol=1e-5)
+  with open(os.path.join(workdir, "export", "model.jax_export"), "rb") as f:
+    call = export.load_jax_export(f.read())
+  np.testing.assert_allclose(np.asarray(call(images)), query.features[:n], rtol=1e-4, atol=1e-5)
+  # Without a checkpoint, the job says so in one line.
+  proc = subprocess.run([sys.executable, "main.py", f"--workdir={tmp_path / 'empty'}",
+                         "--config=experiments/export.py:tiny"], cwd=root, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode != 0 and "no checkpoint to export" in proc.stderr, proc.stderr[-2000:]
