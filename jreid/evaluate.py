@@ -1,41 +1,78 @@
-"""Query x gallery evaluation in bounded memory: visual and ST-fused rankings.
+"""Query x gallery evaluation on the device mesh: visual, ST-fused and re-ranked rankings.
 
-Queries are processed in chunks against the whole gallery; a chunk's score
-matrices ([chunk, G]) are the only quadratic arrays that ever exist, so peak
-memory is O(chunk * G + G * D) however large the gallery grows.
+The gallery (with re-ranking: every item, queries first) is split over the
+``data`` axis of the mesh, every device of every process holding a contiguous
+block of items; queries come in chunks that every device sees whole. Each kernel
+works on [chunk, block] score tiles and merges what the devices found with one
+collective: neighbour lists by a top-k of the devices' top-k, row maxima by a
+max, good-item scores by a max and negative counts by a sum (``jreid.metrics``).
+So the metrics do not depend on the number of devices, and nothing quadratic in
+Q + G is ever held whole: every tile is bounded by ``budget_elements``.
+
+With re-ranking the work is shared: one pass over the (Q+G) x (Q+G) cosine tiles
+gives the visual and the joint neighbour lists and row maxima at once (one
+matmul, two top-k); one last pass over the query x gallery tiles gives every
+requested method's ranks from one matmul (visual, ST, and both re-ranked with
+their Jaccard distances). In between, fixed-width sparse kernels (``jreid.rerank``)
+build the expansion sets, V, the query expansion and the inverted index. Each
+kernel is compiled once per call, with one shape (the last chunk is padded); the
+log gives compilation and run time apart.
+
+Methods are named in ``METHODS``; adding one is one entry there.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+import resource
+import time
+from typing import Callable, NamedTuple, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from jreid import metrics
-from jreid import progress
+from jreid import progress as progress_lib
 from jreid import records as records_lib
+from jreid import rerank as rerank_lib
 from jreid import scoring
-from jreid.records import Records
+from jreid import sharding
+
+Records = records_lib.Records
+RerankParams = rerank_lib.RerankParams
+AXIS = sharding.DATA_AXIS
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """An evaluation method: which score ranks the gallery, and whether it is re-ranked."""
-  st: bool
-  rerank: bool
+  """One ranking: ``score`` is the score kind ("visual": cosine; "st": cosine fused with
+  the ST prior); ``rerank`` applies k-reciprocal re-ranking to that kind's distance."""
+  score: str
+  rerank: bool = False
+
+  @property
+  def st(self) -> bool:
+    return self.score == "st"
 
 
-# Evaluation methods by name (config.eval.methods chooses among them).
 METHODS: dict[str, Method] = {
-    "visual": Method(st=False, rerank=False),
-    "st": Method(st=True, rerank=False),
-    "visual_rerank": Method(st=False, rerank=True),
-    "st_rerank": Method(st=True, rerank=True),
+    "visual": Method("visual"),
+    "st": Method("st"),
+    "visual_rerank": Method("visual", rerank=True),
+    "st_rerank": Method("st", rerank=True),
 }
+SCORE_KINDS = ("visual", "st")
+
+# XLA's GPU autotuning level for these kernels (None: XLA's default). Their only
+# matmuls are plain float32 GEMMs, whose default cuBLAS choice is what autotuning
+# finds anyway, while autotuning cost most of the cold start on an H200 (the whole
+# job 78.9 s -> 19.6 s with level 0, issue 12); the sparse kernels have nothing to
+# tune. Not measured here (no GPU in this task).
+GPU_AUTOTUNE_LEVEL: int | None = 0
 
 
 def match_lists(query_ids: np.ndarray, query_cameras: np.ndarray, gallery_ids: np.ndarray,
@@ -61,90 +98,519 @@ def match_lists(query_ids: np.ndarray, query_cameras: np.ndarray, gallery_ids: n
   return (np.where(good, cand, -1).astype(np.int32), np.where(junk, cand, -1).astype(np.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("bin_width", "fusion"))
-def _chunk_ranks(query_features, query_cameras, query_times, gallery_features,
-                 gallery_cameras, gallery_times, global_junk, good_index, junk_index,
-                 st_table, *, bin_width, fusion):
-  """Good-item ranks [kinds, chunk, K] for visual (and joint when st_table is given)."""
-  visual = scoring.cosine_scores(query_features, gallery_features)
-  ranks = [metrics.good_item_ranks(visual, good_index, junk_index, global_junk)]
-  if st_table is not None:
-    joint = scoring.fused_scores(visual, st_table, bin_width, fusion, query_cameras,
-                                 query_times, gallery_cameras, gallery_times)
-    ranks.append(metrics.good_item_ranks(joint, good_index, junk_index, global_junk))
-  return jnp.stack(ranks)
+def _kind_scores(kind: str, cosine, st_factors, bin_width, fusion, q_cameras, q_times,
+                 g_cameras, g_times):
+  """Scores (larger is better) of one kind from cosine scores of any broadcastable shape;
+  ``st_factors`` is ``scoring.st_factor_table`` of the ST table."""
+  if kind == "visual":
+    return cosine
+  factors = scoring.pair_st_factors(st_factors, bin_width, q_cameras, q_times, g_cameras,
+                                    g_times)
+  return scoring.joint_scores_from_factors(cosine, factors, fusion)
 
 
-def _ranks(query: Records, gallery: Records, st_table: np.ndarray | None, bin_width: int,
-           fusion: scoring.FusionParams, budget_elements: int) -> np.ndarray:
-  """Good-item ranks [kinds, Q, K]: visual, and joint when st_table is given."""
-  Q, G = len(query), len(gallery)
-  good_index, junk_index = match_lists(query.person_ids, query.cameras,
-                                       gallery.person_ids, gallery.cameras)
-  chunk = records_lib.chunk_rows(Q, G, budget_elements)
-  # device_put aliases a 64-byte-aligned float32 host array on CPU (no second copy).
-  gallery_features = jax.device_put(np.asarray(gallery.features, np.float32))
-  gallery_cameras = jnp.asarray(gallery.cameras, jnp.int32)
-  gallery_times = jnp.asarray(gallery.times, jnp.int32)
-  global_junk = jnp.asarray(gallery.person_ids == -1)
-  table = None if st_table is None else jnp.asarray(st_table, jnp.float32)
-  kinds = 1 + (table is not None)
-  ranks = np.empty((kinds, Q, good_index.shape[1]), np.int64)
-  meter = progress.Progress("evaluate", Q, unit="queries")
-  for start in range(0, Q, chunk):
-    stop = min(Q, start + chunk)
-    rows = lambda x, v: records_lib.pad_rows(x[start:stop], chunk, v)
-    out = _chunk_ranks(
-        jnp.asarray(rows(query.features, 0.0), jnp.float32),
-        jnp.asarray(rows(query.cameras, 0), jnp.int32),
-        jnp.asarray(rows(query.times, 0), jnp.int32),
-        gallery_features, gallery_cameras, gallery_times, global_junk,
-        jnp.asarray(rows(good_index, -1)), jnp.asarray(rows(junk_index, -1)),
-        table, bin_width=int(bin_width), fusion=fusion)
-    ranks[:, start:stop] = np.asarray(out)[:, :stop - start]
-    meter.update(stop)
-  meter.finish()
-  return ranks
+class _Timer:
+  """Compilation and run time of the kernels of one evaluation, logged apart."""
+
+  def __init__(self):
+    self.compile_s = 0.0
+    self.run_s: dict[str, float] = {}
+
+  def compile(self, name: str, fn: Callable, *args):
+    start = time.time()
+    lowered = jax.jit(fn).lower(*args)
+    compiled = None
+    if jax.default_backend() == "gpu" and GPU_AUTOTUNE_LEVEL is not None:
+      try:
+        compiled = lowered.compile(
+            compiler_options={"xla_gpu_autotune_level": GPU_AUTOTUNE_LEVEL})
+      except Exception as e:  # pylint: disable=broad-except  (an XLA without the option)
+        logging.warning("evaluate: compiling %s with xla_gpu_autotune_level=%s failed (%s); "
+                        "compiling with the defaults", name, GPU_AUTOTUNE_LEVEL, e)
+    if compiled is None:
+      compiled = lowered.compile()
+    spent = time.time() - start
+    self.compile_s += spent
+    logging.info("evaluate: compiled %s in %.2f s", name, spent)
+    return compiled
+
+  def add(self, name: str, seconds: float):
+    self.run_s[name] = self.run_s.get(name, 0.0) + seconds
+    logging.info("evaluate: %s took %.2f s (peak RSS so far %.0f MB)", name, seconds,
+                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def evaluate(query: Records, gallery: Records, st_table: np.ndarray | None, *,
-             bin_width: int = 100, fusion: scoring.FusionParams = scoring.FusionParams(),
-             methods: Sequence[str] = ("visual", "st"), rerank=None,
-             budget_elements: int = 1 << 22, max_rank: int = 100
-             ) -> dict[str, metrics.RetrievalMetrics]:
-  """Metrics of each method in ``methods`` (names of ``METHODS``) over the whole gallery.
+class _Placement:
+  """Host arrays -> global arrays on the mesh (every process passes the same values)."""
 
-  Args:
-    query, gallery: records with L2-normalised features, cameras 0-based.
-    st_table: float [C, C, H] ST probabilities (0-based cameras); needed by ST methods.
-    bin_width: time ticks per ST bin.
-    fusion: logistic smoothing constants.
-    rerank: ``rerank.RerankParams`` for the *_rerank methods.
-    budget_elements: bound on every score block (rows x columns).
-    max_rank: length of the CMC curves.
+  def __init__(self, mesh):
+    self.mesh = mesh
+    self.devices = mesh.size
+    self.rows = jax.sharding.NamedSharding(mesh, P(AXIS))
+    self.copies = sharding.replicated(mesh)
+
+  def put(self, x, spec=None):
+    x = np.asarray(x)
+    target = self.copies if spec is None else jax.sharding.NamedSharding(self.mesh, spec)
+    if jax.process_count() == 1:
+      return jax.device_put(x, target)  # on CPU with one device: aliases the host array
+    return jax.make_array_from_callback(x.shape, target, lambda index: x[index])
+
+  def shard_rows(self, x):
+    return self.put(x, P(AXIS))
+
+  def shard_columns(self, x):
+    return self.put(x, P(None, AXIS))
+
+
+def _host(x: jax.Array) -> np.ndarray:
+  """A replicated output, on this process's host."""
+  return np.asarray(x.addressable_data(0))
+
+
+def _pad_to(x: np.ndarray, rows: int, value) -> np.ndarray:
+  return records_lib.pad_rows(x, rows, value) if len(x) != rows else np.asarray(x)
+
+
+class _Columns(NamedTuple):
+  """The items split over the mesh (columns of every score tile), padded to devices x L."""
+  features: jax.Array   # float32 [devices L, D]
+  cameras: jax.Array    # int32 [devices L], 0-based
+  times: jax.Array      # int32 [devices L]
+  ranked: jax.Array     # bool [devices L]: a gallery item (not a query item, not padding)
+  junk: jax.Array       # bool [devices L]: gallery id -1 (junk for every query)
+
+
+def _columns(place: _Placement, features, cameras, times, ranked, junk) -> tuple[_Columns, int]:
+  n = len(cameras)
+  block = -(-n // place.devices)
+  total = block * place.devices
+  pad = lambda x, v: _pad_to(x, total, v)
+  if total != n:
+    features = pad(np.asarray(features, np.float32), 0.0)
+  cols = _Columns(place.shard_rows(np.asarray(features, np.float32)),
+                  place.shard_rows(pad(np.asarray(cameras, np.int32), 0)),
+                  place.shard_rows(pad(np.asarray(times, np.int32), 0)),
+                  place.shard_rows(pad(np.asarray(ranked, bool), False)),
+                  place.shard_rows(pad(np.asarray(junk, bool), False)))
+  return cols, block
+
+
+def _block_offset(block: int):
+  return jax.lax.axis_index(AXIS).astype(jnp.int32) * block
+
+
+# ----------------------------------------------------------------------------------------
+# Kernels (built per call with their static settings; run under shard_map).
+
+
+def _neighbour_kernel(mesh, kinds, k, block, bin_width, fusion):
+  """Rows [R] x all items: k nearest items [kinds, R, k] and row maxima [kinds, R]."""
+
+  def body(row_f, row_c, row_t, cols: _Columns, item_valid, table):
+    offset = _block_offset(block)
+    cosine = jnp.dot(row_f, cols.features.T, precision=jax.lax.Precision.HIGHEST,
+                     preferred_element_type=jnp.float32)
+    local_k = min(k, block)
+    index_out, max_out = [], []
+    for kind in kinds:
+      score = _kind_scores(kind, cosine, table, bin_width, fusion, row_c[:, None],
+                           row_t[:, None], cols.cameras[None, :], cols.times[None, :])
+      dist = 2.0 - 2.0 * score
+      row_max = jnp.where(item_valid[None, :], dist, -jnp.inf).max(axis=1)
+      # Lower index first among equal values: within a block (top_k), then across
+      # blocks (the gathered candidates are in block order).
+      value, index = jax.lax.top_k(jnp.where(item_valid[None, :], -dist, -jnp.inf), local_k)
+      value = jax.lax.all_gather(value, AXIS, axis=1, tiled=True)
+      index = jax.lax.all_gather(index + offset, AXIS, axis=1, tiled=True)
+      _, best = jax.lax.top_k(value, k)
+      index_out.append(jnp.take_along_axis(index, best, axis=1).astype(jnp.int32))
+      max_out.append(jax.lax.pmax(row_max, AXIS))
+    return jnp.stack(index_out), jnp.stack(max_out)
+
+  cols_spec = _Columns(*(P(AXIS),) * 5)
+  return jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(), cols_spec, P(AXIS), P()),
+                       out_specs=(P(), P()), check_vma=False)
+
+
+def _pair_kernel(mesh, kinds, block, bin_width, fusion):
+  """d(i, m) for rows i [R] and their members m [R, W] -> float32 [kinds, R, W]."""
+
+  def body(row_f, row_c, row_t, members, member_c, member_t, features, table):
+    offset = _block_offset(block)
+    local = members - offset
+    inside = (local >= 0) & (local < block)
+    gathered = features[jnp.where(inside, local, 0)]                   # [R, W, D]
+    dot = jnp.einsum("rd,rwd->rw", row_f, gathered, precision=jax.lax.Precision.HIGHEST)
+    cosine = jax.lax.psum(jnp.where(inside, dot, 0.0), AXIS)
+    return jnp.stack([
+        2.0 - 2.0 * _kind_scores(kind, cosine, table, bin_width, fusion, row_c[:, None],
+                                 row_t[:, None], member_c, member_t) for kind in kinds])
+
+  return jax.shard_map(body, mesh=mesh, in_specs=(P(),) * 6 + (P(AXIS), P()),
+                       out_specs=P(), check_vma=False)
+
+
+def _column_lists_kernel(mesh, num_kinds, num_items):
+  """V rows split over the mesh -> each block's inverted index, and term counts of queries."""
+
+  def body(index, value, query_index):
+    outs = [rerank_lib.column_lists(index[k], value[k], num_items) for k in range(num_kinds)]
+    item, weight, start = (jnp.stack(x) for x in zip(*outs))
+    counts = jnp.stack([rerank_lib.term_counts(query_index[k], start[k], num_items)
+                        for k in range(num_kinds)])
+    return item, weight, start, jax.lax.pmax(counts, AXIS)
+
+  spec = P(None, AXIS)
+  return jax.shard_map(body, mesh=mesh, in_specs=(spec, spec, P()),
+                       out_specs=(spec, spec, spec, P()), check_vma=False)
+
+
+def _ranks_kernel(mesh, methods, block, tile, first_gallery, num_gallery, num_items,
+                  num_terms, lambda_value, bin_width, fusion):
+  """Query chunk [c] x gallery -> good-item ranks [methods, c, K] of every method.
+
+  One matmul per column tile serves every method. With ``tile < block`` (no
+  re-ranking) the tiles are swept twice: the good items' scores first, the
+  negatives then, so that both come from the very same score tiles.
   """
-  from jreid import rerank as rerank_lib  # pylint: disable=g-import-not-at-top
+  kinds = sorted({METHODS[m].score for m in methods}, key=SCORE_KINDS.index)
+  rerank_kinds = [k for k in SCORE_KINDS
+                  if any(METHODS[m].rerank and METHODS[m].score == k for m in methods)]
+  num_tiles = -(-block // tile)
+
+  def body(q_f, q_c, q_t, good, junk, q_row_max, q_index, q_value, cols: _Columns,
+           item, weight, start, table):
+    offset = _block_offset(block)
+    jaccard = {}
+    for r, kind in enumerate(rerank_kinds):
+      jaccard[kind], used = rerank_lib.jaccard_distance(
+          q_index[r], q_value[r], item[r], weight[r], start[r], block, num_items, num_terms)
+      jaccard[kind + "_terms"] = used
+
+    def tile_scores(t):
+      begin = jnp.minimum(t * tile, block - tile)
+      take = lambda x: jax.lax.dynamic_slice_in_dim(x, begin, tile, axis=0)
+      f, c, tm = take(cols.features), take(cols.cameras), take(cols.times)
+      # Columns before t * tile were already seen (the last tile is shifted back).
+      valid = take(cols.ranked) & (begin + jnp.arange(tile) >= t * tile)
+      cosine = jnp.dot(q_f, f.T, precision=jax.lax.Precision.HIGHEST,
+                       preferred_element_type=jnp.float32)
+      scores = {kind: _kind_scores(kind, cosine, table, bin_width, fusion, q_c[:, None],
+                                   q_t[:, None], c[None, :], tm[None, :]) for kind in kinds}
+      out = []
+      for name in methods:
+        method = METHODS[name]
+        s = scores[method.score]
+        if method.rerank:
+          r = rerank_kinds.index(method.score)
+          original = (2.0 - 2.0 * s) / q_row_max[r][:, None]
+          jac = jax.lax.dynamic_slice_in_dim(jaccard[method.score], begin, tile, axis=1)
+          s = -(jac * (1.0 - lambda_value) + original * lambda_value)
+        out.append(s)
+      return out, offset - first_gallery + begin, valid, take(cols.junk)
+
+    def good_scores(t, best):
+      out, gallery_offset, valid, _ = tile_scores(t)
+      return jnp.stack([jnp.maximum(b, metrics.gather_good_scores(s, gallery_offset, valid, good))
+                        for s, b in zip(out, best)])
+
+    best = jnp.full((len(methods),) + good.shape, -jnp.inf, jnp.float32)
+    best = jax.lax.fori_loop(0, num_tiles, good_scores, best) if num_tiles > 1 else None
+    hist = jnp.zeros((len(methods), good.shape[0], good.shape[1] + 1), jnp.int32)
+
+    def count(t, carry):
+      hist, best = carry
+      out, gallery_offset, valid, junk_cols = tile_scores(t)
+      if num_tiles == 1:
+        best = jax.lax.pmax(jnp.stack([metrics.gather_good_scores(s, gallery_offset, valid, good)
+                                       for s in out]), AXIS)
+      new = []
+      for m, s in enumerate(out):
+        sorted_scores, sorted_index = metrics.sort_good_items(best[m], good, num_gallery)
+        new.append(hist[m] + metrics.negatives_histogram(
+            s, gallery_offset, valid, junk_cols, good, junk, sorted_scores, sorted_index))
+      return jnp.stack(new), best
+
+    if num_tiles == 1:
+      hist, _ = count(0, (hist, None))
+    else:
+      best = jax.lax.pmax(best, AXIS)
+      hist, _ = jax.lax.fori_loop(0, num_tiles, count, (hist, best))
+    hist = jax.lax.psum(hist, AXIS)
+    ranks = jnp.stack([metrics.ranks_from_histogram(h, good, num_gallery) for h in hist])
+    used = jnp.stack([jaccard[k + "_terms"] for k in rerank_kinds]) if rerank_kinds else (
+        jnp.zeros((0,), jnp.int32))
+    return ranks, jax.lax.pmax(used, AXIS)
+
+  cols_spec = _Columns(*(P(AXIS),) * 5)
+  lists = P(None, AXIS)
+  return jax.shard_map(body, mesh=mesh,
+                       in_specs=(P(),) * 8 + (cols_spec, lists, lists, lists, P()),
+                       out_specs=(P(), P()), check_vma=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Re-ranking: neighbours, expansion sets, V, query expansion.
+
+
+def _members_union(neighbours, *, k1, num_items):
+  """Per kind the expansion sets [kinds, N, M], and their union per item [N, kinds M]."""
+  members, counts = jax.vmap(lambda nb: rerank_lib.expansion_members(nb, k1))(neighbours)
+  kinds, N, M = members.shape
+  union, union_counts = rerank_lib.sorted_unique_rows(
+      jnp.moveaxis(members, 0, 1).reshape(N, kinds * M), num_items)
+  return members, counts.max(), union, union_counts.max()
+
+
+def _build_v(members, union, union_distances, row_max, neighbours, *, k2, num_items):
+  """V rows per kind ([kinds, N, W]) from the distances to the union members; then the
+  query expansion when k2 > 1. Returns (index, value, max count)."""
+
+  def one(m, d_union, mx, nb):
+    pos = jnp.minimum(rerank_lib.row_positions(union, m), union.shape[1] - 1)
+    d = jnp.take_along_axis(d_union, pos, axis=1)
+    value = rerank_lib.weights(m, d, mx, num_items)
+    if k2 == 1:
+      return m, value, (m < num_items).sum(axis=1).max()
+    index, value, counts = rerank_lib.query_expansion(m, value, nb, k2, num_items)
+    return index, value, counts.max()
+
+  return jax.vmap(one)(members, union_distances, row_max, neighbours)
+
+
+def _chunks(total: int, rows: int):
+  for start in range(0, total, rows):
+    yield start, min(total, start + rows)
+
+
+def _rerank_inputs(place, mesh, timer, kinds, items, num_queries, table, params, bin_width,
+                   fusion, budget_elements):
+  """Neighbour pass + V + query expansion + inverted index, for the kinds to re-rank.
+
+  Returns (query row maxima [kinds, Q], query V rows index/value [kinds, Q, W],
+  inverted index (item, weight, start) sharded, num_terms per query [kinds, Q], cols).
+  """
+  features, cameras, times, ranked, junk = items
+  N = len(cameras)
+  cols, block = _columns(place, features, cameras, times, ranked, junk)
+  item_valid = place.shard_rows(_pad_to(np.ones(N, bool), block * place.devices, False))
+  k = min(N, params.k1 + 1)
+  rows = records_lib.chunk_rows(N, block, budget_elements)
+  neighbours = np.empty((len(kinds), N, k), np.int32)
+  row_max = np.empty((len(kinds), N), np.float32)
+  row_f = lambda s, e: place.put(_pad_to(features[s:e], rows, 0.0))
+  row_i = lambda x, s, e: place.put(_pad_to(x[s:e], rows, 0))
+  kernel = timer.compile("neighbour pass", _neighbour_kernel(
+      mesh, kinds, k, block, bin_width, fusion), row_f(0, rows), row_i(cameras, 0, rows),
+      row_i(times, 0, rows), cols, item_valid, table)
+  progress = progress_lib.Progress(f"rerank neighbours ({'+'.join(kinds)})", N, "items")
+  start_time = time.time()
+  for s, e in _chunks(N, rows):
+    idx, mx = kernel(row_f(s, e), row_i(cameras, s, e), row_i(times, s, e), cols, item_valid,
+                     table)
+    neighbours[:, s:e] = _host(idx)[:, :e - s]
+    row_max[:, s:e] = _host(mx)[:, :e - s]
+    progress.update(e)
+  progress.finish()
+  timer.add("neighbour pass", time.time() - start_time)
+
+  members_union = timer.compile("expansion sets", functools.partial(
+      _members_union, k1=params.k1, num_items=N), neighbours)
+  start_time = time.time()
+  members, width, union, union_width = members_union(neighbours)
+  width, union_width = int(width), int(union_width)
+  members, union = members[:, :, :max(1, width)], np.asarray(union)[:, :max(1, union_width)]
+  logging.info("rerank: expansion sets of up to %d items (%d for the kinds together, mean %.1f)",
+               width, union_width, float((union < N).sum(axis=1).mean()))
+  timer.add("expansion sets", time.time() - start_time)
+
+  pair_rows = records_lib.chunk_rows(N, union.shape[1] * features.shape[1], 4 * budget_elements)
+  union_c = np.append(np.asarray(cameras, np.int32), 0)[union]  # N (empty slot) -> 0
+  union_t = np.append(np.asarray(times, np.int32), 0)[union]
+  pairs = _pair_kernel(mesh, kinds, block, bin_width, fusion)
+  union_distances = np.empty((len(kinds),) + union.shape, np.float32)
+  p_pad = lambda x, s, e, v: place.put(_pad_to(x[s:e], pair_rows, v))
+  p_args = lambda s, e: (p_pad(features, s, e, 0.0), p_pad(cameras, s, e, 0),
+                         p_pad(times, s, e, 0), p_pad(union, s, e, N),
+                         p_pad(union_c, s, e, 0), p_pad(union_t, s, e, 0))
+  pairs = timer.compile("pair distances", pairs, *p_args(0, pair_rows), cols.features, table)
+  start_time = time.time()
+  progress = progress_lib.Progress("rerank pair distances", N, "items")
+  for s, e in _chunks(N, pair_rows):
+    union_distances[:, s:e] = _host(pairs(*p_args(s, e), cols.features, table))[:, :e - s]
+    progress.update(e)
+  progress.finish()
+  timer.add("pair distances", time.time() - start_time)
+
+  k2 = min(params.k2, k)
+  v_args = (members, jnp.asarray(union), jnp.asarray(union_distances), jnp.asarray(row_max),
+            jnp.asarray(neighbours))
+  build_v = timer.compile("weights and query expansion", functools.partial(
+      _build_v, k2=k2, num_items=N), *v_args)
+  start_time = time.time()
+  index, value, width = build_v(*v_args)
+  width = max(1, int(np.max(np.asarray(width))))
+  index, value = np.asarray(index)[:, :, :width], np.asarray(value)[:, :, :width]
+  logging.info("rerank: V rows of up to %d items after query expansion (mean %.1f)", width,
+               float((index < N).sum(axis=2).mean()))
+  total = block * place.devices
+  pad3 = lambda x, v: np.concatenate(
+      [x, np.full((x.shape[0], total - N, x.shape[2]), v, x.dtype)], axis=1) if total > N else x
+  timer.add("weights and query expansion", time.time() - start_time)
+  l_args = (place.shard_columns(pad3(index, N)), place.shard_columns(pad3(value, 0.0)),
+            place.put(index[:, :num_queries]))
+  lists = timer.compile("inverted index", _column_lists_kernel(mesh, len(kinds), N), *l_args)
+  start_time = time.time()
+  item, weight, start, terms = lists(*l_args)
+  terms = _host(terms)
+  timer.add("inverted index", time.time() - start_time)
+  return (row_max[:, :num_queries], index[:, :num_queries], value[:, :num_queries],
+          (item, weight, start), terms, cols, block)
+
+
+# ----------------------------------------------------------------------------------------
+# Public entry points.
+
+
+def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, *,
+                 bin_width: int, fusion: scoring.FusionParams, methods: Sequence[str],
+                 rerank: RerankParams = RerankParams(), budget_elements: int = 1 << 22,
+                 mesh=None) -> dict[str, np.ndarray]:
+  """Good-item ranks of every query under each method (see ``evaluate``).
+
+  Returns:
+    {method: int [Q, K]} 0-based ranks after junk removal, ascending per row, padded
+    with ``INT32_MAX`` (``metrics.retrieval_metrics`` reads them).
+  """
+  methods = list(methods)
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown:
+    raise ValueError(f"unknown evaluation methods {unknown}; known: {sorted(METHODS)}")
+  if len(set(methods)) != len(methods):
+    raise ValueError(f"methods named twice: {methods}")
+  if not methods:
+    return {}
+  if st_table is None and any(METHODS[m].score == "st" for m in methods):
+    raise ValueError(f"methods {methods} need an ST table, got None")
+  for side, r in (("query", query), ("gallery", gallery)):
+    if r.features is None or r.features.ndim != 2:
+      raise ValueError(f"{side} records need float32 [N, D] features")
   if query.features.shape[1] != gallery.features.shape[1]:
     raise ValueError(f"query features have {query.features.shape[1]} dims but gallery "
                      f"features {gallery.features.shape[1]}")
-  out = {}
-  plain = [m for m in methods if not METHODS[m].rerank]
-  if plain:
-    use_st = any(METHODS[m].st for m in plain)
-    ranks = _ranks(query, gallery, st_table if use_st else None, bin_width, fusion,
-                   budget_elements)
-    for m in plain:
-      out[m] = metrics.retrieval_metrics(ranks[1 if METHODS[m].st else 0], max_rank)
-  good, junk = match_lists(query.person_ids, query.cameras, gallery.person_ids,
-                           gallery.cameras)
-  for m in methods:
-    if METHODS[m].rerank:
-      ranks = rerank_lib.rerank_ranks(
-          query, gallery, st_table if METHODS[m].st else None, good, junk,
-          rerank or rerank_lib.RerankParams(), bin_width=bin_width, fusion=fusion,
-          chunk_elements=budget_elements)
-      out[m] = metrics.retrieval_metrics(ranks, max_rank)
-  return {m: out[m] for m in methods}
+  if budget_elements < 1:
+    raise ValueError(f"budget_elements must be >= 1, got {budget_elements}")
+  if len(gallery) == 0:
+    raise ValueError("the gallery is empty: nothing to rank the queries against")
+  if len(query) == 0:
+    return {m: np.zeros((0, 1), np.int64) for m in methods}
+  mesh = mesh or sharding.make_mesh()
+  place = _Placement(mesh)
+  timer = _Timer()
+  job_start = time.time()
+  Q, G = len(query), len(gallery)
+  good, junk = match_lists(query.person_ids, query.cameras, gallery.person_ids, gallery.cameras)
+  # The ST factor table ([1, 1, 1] zeros for visual only): every kernel takes it.
+  table = place.put(np.zeros((1, 1, 1), np.float32) if st_table is None else np.asarray(
+      scoring.st_factor_table(np.asarray(st_table, np.float32), fusion)))
+  rerank_kinds = [k for k in SCORE_KINDS
+                  if any(METHODS[m].rerank and METHODS[m].score == k for m in methods)]
+  qf = np.asarray(query.features, np.float32)
+
+  if rerank_kinds:
+    # The columns are every item, queries first; only the gallery ones are ranked.
+    items = (np.concatenate([qf, np.asarray(gallery.features, np.float32)]),
+             np.concatenate([query.cameras, gallery.cameras]).astype(np.int32),
+             np.concatenate([query.times, gallery.times]).astype(np.int32),
+             np.concatenate([np.zeros(Q, bool), np.ones(G, bool)]),
+             np.concatenate([np.zeros(Q, bool), gallery.person_ids == -1]))
+    (q_row_max, q_index, q_value, (item, weight, start), terms, cols,
+     block) = _rerank_inputs(place, mesh, timer, rerank_kinds, items, Q, table, rerank, bin_width,
+                             fusion, budget_elements)
+    first_gallery, num_items = Q, Q + G
+    rows = records_lib.chunk_rows(Q, block, budget_elements)
+    tile = block
+    chunk_terms = max(int(terms[:, s:e].sum(axis=1).max()) for s, e in _chunks(Q, rows))
+    num_terms = max(1024, -(-chunk_terms // 1024) * 1024)
+    logging.info("rerank: %d Jaccard terms per chunk of %d queries at most (mean per query %.0f)",
+                 num_terms, rows, float(terms.mean()))
+  else:
+    cols, block = _columns(place, gallery.features, gallery.cameras, gallery.times,
+                           np.ones(G, bool), gallery.person_ids == -1)
+    first_gallery, num_items, num_terms = 0, G, 1
+    rows = records_lib.chunk_rows(Q, block, budget_elements)
+    tile = block
+    if rows < min(Q, 128):  # a big gallery: bigger query chunks, column tiles of one block
+      rows = min(Q, 128)
+      tile = min(block, records_lib.chunk_rows(block, rows, budget_elements))
+    q_row_max = np.ones((0, Q), np.float32)
+    q_index = np.zeros((0, Q, 1), np.int32)
+    q_value = np.zeros((0, Q, 1), np.float32)
+    empty = place.shard_columns(np.zeros((0, place.devices), np.int32))
+    item, weight, start = (empty, place.shard_columns(np.zeros((0, place.devices), np.float32)),
+                           empty)
+
+  kernel = _ranks_kernel(mesh, tuple(methods), block, tile, first_gallery, G, num_items,
+                         num_terms, float(rerank.lambda_value), int(bin_width), fusion)
+  q_cams, q_times = np.asarray(query.cameras, np.int32), np.asarray(query.times, np.int32)
+
+  def args(s, e):
+    pad = lambda x, v: place.put(_pad_to(x[s:e], rows, v))
+    pad_k = lambda x, v: place.put(np.stack([_pad_to(y[s:e], rows, v) for y in x])
+                                   if len(x) else np.zeros((0, rows) + x.shape[2:], x.dtype))
+    return (pad(qf, 0.0), pad(q_cams, 0), pad(q_times, 0), pad(good, -1), pad(junk, -1),
+            pad_k(q_row_max, 1.0), pad_k(q_index, num_items), pad_k(q_value, 0.0), cols,
+            item, weight, start, table)
+
+  compiled = timer.compile(f"ranks ({', '.join(methods)})", kernel, *args(0, rows))
+  ranks = np.empty((len(methods),) + good.shape, np.int64)
+  progress = progress_lib.Progress(f"evaluate ({', '.join(methods)})", Q, "queries")
+  start_time = time.time()
+  for s, e in _chunks(Q, rows):
+    out, used = compiled(*args(s, e))
+    used = _host(used)
+    if used.size and used.max() > num_terms:
+      raise AssertionError(f"Jaccard terms {used.max()} exceed the {num_terms} slots")
+    ranks[:, s:e] = _host(out)[:, :e - s]
+    progress.update(e)
+  progress.finish()
+  timer.add("ranks", time.time() - start_time)
+  logging.info("evaluate: %d queries x %d gallery on %d device(s), methods %s: %.2f s "
+               "(compilation %.2f s; run %s)", Q, G, place.devices, ", ".join(methods),
+               time.time() - job_start, timer.compile_s,
+               ", ".join(f"{k} {v:.2f} s" for k, v in timer.run_s.items()))
+  return {m: ranks[i] for i, m in enumerate(methods)}
+
+
+def evaluate(query: Records, gallery: Records, st_table: np.ndarray | None, *,
+             bin_width: int, fusion: scoring.FusionParams = scoring.FusionParams(),
+             methods: Sequence[str] = ("visual", "st"), rerank: RerankParams = RerankParams(),
+             budget_elements: int = 1 << 22, max_rank: int = 100,
+             mesh=None) -> dict[str, metrics.RetrievalMetrics]:
+  """Retrieval metrics of each method over the whole gallery.
+
+  Args:
+    query, gallery: ``Records`` with L2-normalised float32 features
+      (``scoring.l2_normalise_features``), 0-based cameras, times in frames.
+    st_table: float [C, C, H] ST probabilities (0-based cameras), or None (then only
+      methods without "st").
+    bin_width: frames per ST bin.
+    fusion: logistic smoothing constants of the joint score.
+    methods: names in ``METHODS``: "visual", "st", "visual_rerank", "st_rerank".
+    rerank: k1, k2, lambda of the re-ranking methods.
+    budget_elements: bound on the score elements of one tile per device (chunk sizes
+      come from it through ``records.chunk_rows``); lower it on a small device.
+    max_rank: length of the CMC curves.
+    mesh: the device mesh (``sharding.make_mesh()`` when None); the gallery is split
+      over its ``data`` axis.
+  Returns:
+    {method: metrics}, in the order of ``methods``.
+  """
+  ranks = method_ranks(query, gallery, st_table, bin_width=bin_width, fusion=fusion,
+                       methods=methods, rerank=rerank, budget_elements=budget_elements,
+                       mesh=mesh)
+  return {m: metrics.retrieval_metrics(r, max_rank) for m, r in ranks.items()}
 
 
 def top_k_gallery(query: Records, gallery: Records, st_table: np.ndarray | None, k: int = 10,
@@ -153,6 +619,7 @@ def top_k_gallery(query: Records, gallery: Records, st_table: np.ndarray | None,
   """int [Q, k]: the best k gallery indices per query after junk removal (joint score if
   st_table is given, else visual). For ranked-list pictures of a few queries."""
   good, junk = match_lists(query.person_ids, query.cameras, gallery.person_ids, gallery.cameras)
+  del good
   scores = scoring.fused_scores(
       scoring.cosine_scores(jnp.asarray(query.features), jnp.asarray(gallery.features)),
       None if st_table is None else jnp.asarray(st_table, jnp.float32), bin_width, fusion,

@@ -17,9 +17,9 @@ fail on this model with flax 0.12.8 (their nnx.Conv shim passes flax's list
 padding as a jaxpr parameter, unhashable under jax >= 0.7, and their
 nnx.max_pool shim rejects positional arguments). See docs/deploy.md.
 
-``export_workdir(config, workdir)`` (the ``export`` job of ``jreid.jobs``) restores
-the trained state with ``train.create_train_state`` and the checkpoint restore,
-and writes ``model.onnx`` and ``model.jax_export`` to ``<workdir>/export``.
+The ``export`` job of ``jreid.jobs`` restores a trained workdir's model
+(``jobs.restore_trained``: its training settings, ``train.create_train_state`` and
+the checkpoint restore) and calls ``write_exports`` (``<workdir>/export``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jreid import errors
 from jreid import files
 from jreid.models import heads
 from jreid.models import resnet
@@ -262,44 +261,24 @@ ONNX_FILE = "model.onnx"
 JAX_EXPORT_FILE = "model.jax_export"
 
 
-def _num_classes(metadata) -> int:
-  """Classifier width, from the saved tree's shapes (PCB: head.kernel2, BNNeck: head.classifier)."""
-  head = metadata["model"]["head"]
-  leaf = head["classifier"]["kernel"] if "classifier" in head else head["kernel2"]
-  return int(leaf.shape[-1])
+def write_exports(model: heads.ReIDModel, image_size: Sequence[int], out_dir: str, step: int
+                  ) -> dict:
+  """Writes model.onnx, model.jax_export and export.json to out_dir; returns their description.
 
-
-def export_workdir(config, workdir: str) -> dict:
-  """Restores the workdir's latest checkpoint and writes the ONNX and jax.export files.
-
-  Returns {"onnx": path, "jax_export": path, "step": checkpoint step, "input": ...,
-  "output": ...}. Raises errors.InputError when the workdir has no checkpoint.
+  Returns {"onnx": path, "jax_export": path, "step": step, "input": ..., "output": ...}.
   """
-  from jreid import sharding  # pylint: disable=g-import-not-at-top
-  from jreid import train as train_lib  # pylint: disable=g-import-not-at-top
   from jreid.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
-  mngr = train_lib.checkpoint_manager(workdir, config)
-  step = mngr.latest_step()
-  if step is None:
-    raise errors.InputError(f"{files.join(workdir, 'checkpoints')}: no checkpoint to export; "
-                            f"train first (job train_and_evaluate) with this workdir")
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  saved = ocp.StandardCheckpointer().metadata(mngr.directory / str(step) / "default")
-  num_classes = _num_classes(getattr(saved, "item_metadata", saved))
-  graphdef, state = train_lib.create_train_state(config, num_classes, steps_per_epoch=1)
-  state, step = train_lib.restore_or_init(mngr, state, sharding.make_mesh())
-  model = nnx.merge(graphdef, jax.device_get(state))["model"]
   model.eval()
-  size = tuple(config.data.image_size)
+  size = tuple(image_size)
   mean, std = data_pipeline.IMAGENET_MEAN, data_pipeline.IMAGENET_STD
-  out = files.join(workdir, "export")
-  files.makedirs(out)
-  paths = {"onnx": files.join(out, ONNX_FILE), "jax_export": files.join(out, JAX_EXPORT_FILE)}
+  files.makedirs(out_dir)
+  paths = {"onnx": files.join(out_dir, ONNX_FILE),
+           "jax_export": files.join(out_dir, JAX_EXPORT_FILE)}
   files.write_bytes(paths["onnx"], export_onnx(model, size, mean, std))
   files.write_bytes(paths["jax_export"], export_jax(model, size, mean, std))
   h, w = size
+  dims = model.config.parts * model.config.backbone.out_channels
   info = dict(paths, step=int(step), input=f"uint8 [batch, {h}, {w}, 3] RGB NHWC",
-              output=f"float32 [batch, {model.config.parts * model.config.backbone.out_channels}]"
-                     f" normalised features")
-  files.write_json(files.join(out, "export.json"), info)
+              output=f"float32 [batch, {dims}] normalised features")
+  files.write_json(files.join(out_dir, "export.json"), info)
   return info

@@ -4,6 +4,10 @@
 * ``evaluate_features``: a features file + a folder of training names -> fit ST ->
   evaluate (no training, no TensorFlow).
 * ``export``: a trained workdir -> ONNX and jax.export files of the visual model.
+* ``search``: tracks tables (any camera network) + features (a file, or extracted by
+  a trained workdir) -> ST model -> top-k of every query (``rank_lists.json``).
+* ``extract``: features of a tracks table's or an image folder's images by a trained
+  workdir's model -> a features file.
 
 ``run`` validates the whole config (``jreid.validation``) before any data is read,
 switches the persistent compilation cache on, and calls ``JOBS[config.job]``.
@@ -13,18 +17,28 @@ are cached in the workdir (``jreid.stages``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Callable
+from typing import Any, Callable
 
 from absl import logging
 import jax
 import ml_collections
+import numpy as np
 
+from jreid import errors
+from jreid import feature_files
 from jreid import files
 from jreid import names as names_lib
+from jreid import plots
 from jreid import progress
+from jreid import records as records_lib
+from jreid import scoring
+from jreid import search as search_lib
 from jreid import sharding
+from jreid import st as st_lib
 from jreid import stages
+from jreid import tracks
 from jreid import validation
 
 
@@ -34,6 +48,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   builder, data_digest = stages.prepare_data(config, workdir)
   mesh = sharding.make_mesh()
   query, gallery = stages.extract_or_reuse(config, workdir, builder, data_digest, mesh)
+  # File names for rank_lists.json (features are in split order).
+  query, gallery = (dataclasses.replace(r, names=market1501.split_records(builder, s).names)
+                    for r, s in ((query, "query"), (gallery, "gallery")))
   train = market1501.split_records(builder, "train")
   num_cameras = max(train.num_cameras, query.num_cameras, gallery.num_cameras)
   st_model = stages.fit_st(train, num_cameras, config, workdir)
@@ -63,10 +80,223 @@ def evaluate_features(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return stages.evaluate(query, gallery, st_model, config, workdir)
 
 
+def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Tracks tables -> ST model (fitted or loaded) -> top-k of every query -> rank_lists.json,
+  ranked_lists.png; with labelled query and gallery also results.json (docs/cameras.md)."""
+  t = config.tracks
+  problems = []
+  if bool(config.features) == bool(config.trained_workdir):
+    problems.append("set one of features (a features file) and trained_workdir (extract the "
+                    "tables' images with the model trained there)")
+  if bool(config.st_model) == bool(t.train):
+    problems.append("set one of tracks.train (labelled tracks to fit the ST model) and "
+                    "st_model (a saved st_model.npz)")
+  if not t.query:
+    problems.append("tracks.query is empty: expected the table of the queries (with a split "
+                    "column, its 'query' rows; the 'gallery' rows are the gallery unless "
+                    "tracks.gallery is set)")
+  if problems:
+    raise errors.InputError("search: " + "; ".join(problems))
+  fps = tracks.parse_fps(t.fps)
+  # The ST model: fitted from the training tracks, or a saved one with camera names.
+  if config.st_model:
+    model = st_lib.STModel.load(config.st_model)
+    if not model.camera_names or model.ticks_per_second != tracks.TICKS_PER_SECOND:
+      raise errors.InputError(f"{config.st_model}: not fitted from a tracks table (no camera "
+                              f"names, times not in milliseconds); fit one with tracks.train")
+    logging.info("ST model: %s, cameras %s, bins of %g s", config.st_model,
+                 list(model.camera_names), model.bin_seconds)
+  else:
+    params = st_lib.STParams(bin_width=tracks.bin_width_ticks(config.st.bin_seconds),
+                             num_bins=config.st.num_bins, sigma=config.st.sigma,
+                             truncate=config.st.truncate, eps=config.st.eps)
+    fitted = search_lib.fit_st_from_table(
+        tracks.read_table(t.train, fps, check_images=False, require_labels=True), params)
+    model = fitted.model
+    if fitted.num_junk or fitted.num_distractors:
+      logging.warning("ST model: left out %d junk (id -1) and %d distractor (id 0) training "
+                      "rows of %s", fitted.num_junk, fitted.num_distractors, t.train)
+    logging.info("ST model: %d identities, %d camera-pair transits, cameras %s, bins of %g s",
+                 model.num_identities, model.num_pair_counts, list(model.camera_names),
+                 model.bin_seconds)
+    if model.num_out_of_range:
+      logging.warning("ST model: %d (identity, camera pair) transit times exceed %d bins x %g s "
+                      "and were left out; raise config.st.num_bins or st.bin_seconds",
+                      model.num_out_of_range, params.num_bins, model.bin_seconds)
+    if sharding.is_main_process():
+      model.save(files.join(workdir, stages.ST_MODEL_FILE))
+      plots.plot_st_distributions(model.table, params.bin_width,
+                                  files.join(workdir, "st_distributions.png"),
+                                  ticks_per_second=model.ticks_per_second,
+                                  pair_counts=model.pair_counts,
+                                  camera_names=model.camera_names)
+  # Query and gallery rows, on one time base, cameras mapped by name.
+  with_images = bool(config.trained_workdir)
+  first = tracks.read_table(t.query, fps, check_images=with_images)
+  if t.gallery:
+    second = tracks.read_table(t.gallery, fps, check_images=with_images)
+    q_rows = first.split("query") if first.splits is not None else first
+    g_rows = second.split("gallery") if second.splits is not None else second
+  else:
+    q_rows, g_rows = first.split("query"), first.split("gallery")
+  for side, rows in (("query", q_rows), ("gallery", g_rows)):
+    if not len(rows):
+      raise errors.InputError(f"search: no {side} rows in {rows.path}")
+  base = tracks.time_base(q_rows, g_rows)
+  names = tracks.camera_names(q_rows, g_rows, known=model.camera_names)
+  query = tracks.to_records(q_rows, names, base)
+  gallery = tracks.to_records(g_rows, names, base)
+  for side, r in (("query", query), ("gallery", gallery)):
+    unseen = tracks.unseen_cameras(r, names, model.num_cameras)
+    if unseen:
+      logging.warning("search: %d %s detections come from cameras the ST model has never seen "
+                      "(%s): their ST probability is 0 for every pair, so only their visual "
+                      "score ranks them", sum(unseen.values()), side,
+                      ", ".join(f"{k}: {v}" for k, v in unseen.items()))
+  # Features: from a features file (matched to the rows by image name or order) or extracted.
+  if config.features:
+    q_file, g_file, extras = feature_files.load_features(config.features)
+    parts = config.num_parts
+    query = search_lib.attach_features(
+        query, scoring.l2_normalise_features(q_file.features, parts),
+        extras.get("query_names"), f"{config.features} (query_f)",
+        q_file.person_ids if q_rows.labelled else None)
+    gallery = search_lib.attach_features(
+        gallery, scoring.l2_normalise_features(g_file.features, parts),
+        extras.get("gallery_names"), f"{config.features} (gallery_f)",
+        g_file.person_ids if g_rows.labelled else None)
+  else:
+    query, gallery = extract_images(config, query, gallery)
+  fusion = stages.fusion_params(config)
+  meter = progress.Progress("search", len(query), unit="queries")
+  result = search_lib.top_k(query, gallery, model, fusion, config.eval.top_k,
+                            config.eval.budget_elements, progress=meter.update)
+  meter.finish()
+  if result.num_beyond_last_bin:
+    logging.warning("search: %d of %d query/gallery pairs of two cameras (%.2f%%) are further "
+                    "apart in time than the ST table's last bin (%d bins x %g s): their ST "
+                    "probability is 0", result.num_beyond_last_bin, result.num_pairs,
+                    100.0 * result.num_beyond_last_bin / result.num_pairs,
+                    model.params.num_bins, model.bin_seconds)
+  labelled = q_rows.labelled and g_rows.labelled
+  summary = dict(queries=len(query), gallery=len(gallery), k=int(result.index.shape[1]),
+                 ranked_by=result.ranked_by, pairs_beyond_last_bin=result.num_beyond_last_bin)
+  if labelled:
+    summary["true_match_first"] = float(search_lib.matches(result, query, gallery)[:, 0].mean())
+  if sharding.is_main_process():
+    lists = search_lib.rank_lists(result, query, gallery, names, base.format, labelled)
+    path = search_lib.write_rank_lists(
+        files.join(workdir, search_lib.RANK_LISTS_FILE), lists, camera_names=list(names),
+        time=dict(base.to_dict(), unit="ISO-8601 (UTC)" if base.form == "iso" else "seconds"),
+        st_model=dict(bin_seconds=model.bin_seconds, num_bins=model.params.num_bins),
+        summary=summary)
+    logging.info("search: wrote %s (top-%d of %d queries)", path, summary["k"], len(query))
+    if q_rows.images is not None and g_rows.images is not None:
+      try:
+        search_lib.ranked_list_picture(
+            result, query, gallery, files.join(workdir, "ranked_lists.png"), search_lib.load_rgb,
+            names, config.eval.ranked_list_queries, 10, labelled, base.format)
+      except FileNotFoundError as e:
+        logging.warning("search: no ranked_lists.png: %s", e)
+  if labelled:
+    summary["results"] = stages.evaluate(query, gallery, model, config, workdir,
+                                         rank_lists=False)
+  return summary
+
+
+def restore_trained(trained_dir: str, mesh) -> tuple[ml_collections.ConfigDict, Any, Any, int]:
+  """A trained workdir's training settings (its ``stages/train.json``) and latest checkpoint.
+
+  Returns (the training config sections, graphdef, replicated state, checkpoint step).
+  """
+  from jreid import train as train_lib  # pylint: disable=g-import-not-at-top
+  stamp = stages.read_stamp(trained_dir, "train")
+  if not stamp or "sections" not in stamp:
+    raise errors.InputError(f"{trained_dir}: no stages/train.json; expected the workdir of a "
+                            f"jreid training run (the main job)")
+  trained = ml_collections.ConfigDict(stamp["sections"])
+  trained.checkpoint = ml_collections.ConfigDict(dict(keep=1 << 20, every_steps=1 << 30))
+  mngr = train_lib.checkpoint_manager(trained_dir, trained)
+  step = mngr.latest_step()
+  if step is None:
+    raise errors.InputError(f"{trained_dir}: no checkpoint; expected a trained workdir")
+  # The classes of the trained head, from the checkpoint's metadata. TODO(lead): move into
+  # jreid/train.py (the module that knows checkpoints) or record it in stages/train.json.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  saved = ocp.StandardCheckpointer().metadata(files.join(str(mngr.directory), str(step),
+                                                         "default"))
+  head = getattr(saved, "item_metadata", saved)["model"]["head"]
+  # PCB: head.bias2 [P, classes]; BNNeck: head.classifier.kernel [C, classes].
+  num_classes = int((head["classifier"]["kernel"] if "classifier" in head
+                     else head["bias2"]).shape[-1])
+  graphdef, state = train_lib.create_train_state(trained, num_classes, steps_per_epoch=1)
+  state, step = train_lib.restore_or_init(mngr, state, mesh)
+  return trained, graphdef, state, step
+
+
+def extract_images(config: ml_collections.ConfigDict, query: records_lib.Records,
+                   gallery: records_lib.Records) -> tuple[records_lib.Records, records_lib.Records]:
+  """query and gallery (``names``: image paths) with the normalised features of the model
+  trained in ``config.trained_workdir`` (its latest checkpoint and the training settings
+  of its ``stages/train.json``), extracted as the training job does, sharded over devices."""
+  from jreid import features as features_lib  # pylint: disable=g-import-not-at-top
+  from jreid.data import image_files  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  trained_dir = config.trained_workdir
+  mesh = sharding.make_mesh()
+  trained, graphdef, state, step = restore_trained(trained_dir, mesh)
+  logging.info("extract: the model of %s (step %d)", trained_dir, step)
+  extract_step = features_lib.make_extract_step(graphdef, mesh)
+  out = []
+  for side, rows in (("query", query), ("gallery", gallery)):
+    batches, n = image_files.batches([str(p) for p in rows.names], config.eval.batch_size,
+                                     tuple(trained.data.image_size))
+    found = features_lib.extract(extract_step, state, batches, n, sharding.data_sharding(mesh),
+                                 trained.model.parts, name=f"extract {side}")
+    out.append(rows.with_features(found.features))
+  return out[0], out[1]
+
+
+def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Features of a tracks table's (or an image folder's) images by a trained workdir's model
+  -> ``features.npz`` (the features-file format, image paths as ``*_names``)."""
+  t = config.tracks
+  if not config.trained_workdir or not t.query:
+    raise errors.InputError("extract: set trained_workdir (a trained workdir) and tracks.query "
+                            "(a tracks table, or an image folder)")
+  fps = tracks.parse_fps(t.fps)
+  sources = {}
+  for side, source in (("query", t.query), ("gallery", t.gallery or t.query)):
+    if files.isdir(source):
+      sources[side] = tracks.folder_records(source)
+    else:
+      table = tracks.read_table(source, fps, check_images=True)
+      sources[side] = table.split(side) if table.splits is not None else table
+  tables = [v for v in sources.values() if isinstance(v, tracks.Table)]
+  names = tracks.camera_names(*tables) if tables else ()
+  base = tracks.time_base(*tables) if tables else None
+  sides = [tracks.to_records(v, names, base) if isinstance(v, tracks.Table) else v
+           for v in (sources["query"], sources["gallery"])]
+  query, gallery = extract_images(config, *sides)
+  path = files.join(workdir, stages.FEATURES_FILE)
+  if sharding.is_main_process():
+    feature_files.save_features(path, query, gallery, query_names=query.names,
+                                gallery_names=gallery.names,
+                                camera_names=np.asarray(list(names) or [""]))
+  logging.info("extract: wrote %s (%d query, %d gallery images, %d dims)", path, len(query),
+               len(gallery), query.features.shape[1])
+  return dict(features=path, queries=len(query), gallery=len(gallery),
+              dims=int(query.features.shape[1]))
+
+
 def export(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """The trained visual model of a workdir as ONNX and jax.export (``jreid.export``)."""
+  """The trained visual model of a workdir as ONNX and jax.export files (``jreid.export``)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
   from jreid import export as export_lib  # pylint: disable=g-import-not-at-top  (onnx)
-  info = export_lib.export_workdir(config, workdir)
+  del config  # the model and its input size are the training run's (stages/train.json)
+  trained, graphdef, state, step = restore_trained(workdir, sharding.make_mesh())
+  model = nnx.merge(graphdef, jax.device_get(state))["model"]
+  info = export_lib.write_exports(model, tuple(trained.data.image_size),
+                                  files.join(workdir, "export"), step)
   logging.info("export: %s and %s (checkpoint step %d): input %s, output %s", info["onnx"],
                info["jax_export"], info["step"], info["input"], info["output"])
   return info
@@ -75,6 +305,8 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> dict:
 JOBS: dict[str, Callable[[ml_collections.ConfigDict, str], dict]] = {
     "train_and_evaluate": train_and_evaluate,
     "evaluate_features": evaluate_features,
+    "search": search,
+    "extract": extract,
     "export": export,
 }
 

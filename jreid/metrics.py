@@ -6,6 +6,11 @@ of a query (a handful) are sorted, and each gallery item finds by binary search
 how many good items rank before it; a histogram of the negatives over those
 positions gives every good item's rank. O(Q G log K) work, O(Q G) memory.
 
+Its three steps are public so that a gallery split in blocks (column tiles of one
+device, shards over devices) is ranked exactly: the good scores are the maximum
+over blocks (``gather_good_scores``), and the histograms of negatives add over
+blocks (``negatives_histogram``); ``ranks_from_histogram`` finishes.
+
 Order: descending score, ties broken by ascending gallery index (what a stable
 ``argsort(-score)`` gives). Protocol (``ST_REID_REFERENCE.md`` section 4):
 good = same id and different camera; junk = same id and same camera, or gallery
@@ -21,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _NO_INDEX = np.iinfo(np.int32).max
+_LINEAR_MAX_GOODS = 64  # up to this many good items per query: compare with each
 
 
 def good_item_ranks(scores: jax.Array, good_index: jax.Array, junk_index: jax.Array,
@@ -37,43 +43,103 @@ def good_item_ranks(scores: jax.Array, good_index: jax.Array, junk_index: jax.Ar
     int32 [Q, K]: rank of the i-th best good item in column i (ascending), and
     ``INT32_MAX`` in the padding columns.
   """
-  Q, G = scores.shape
+  G = scores.shape[1]
+  good_scores = gather_good_scores(scores, 0, jnp.ones((G,), jnp.bool_), good_index)
+  hist = negatives_histogram(scores, 0, jnp.ones((G,), jnp.bool_), global_junk, good_index,
+                             junk_index, *sort_good_items(good_scores, good_index, G))
+  return ranks_from_histogram(hist, good_index, G)
+
+
+def gather_good_scores(scores: jax.Array, offset, column_valid: jax.Array,
+                       good_index: jax.Array) -> jax.Array:
+  """Scores of the good items that fall in a block of columns, -inf for the others.
+
+  Args:
+    scores: float32 [Q, L], a block of gallery columns: column c is gallery item
+      ``offset + c`` (offset an int32 scalar, may be traced).
+    column_valid: bool [L], False for columns that are not gallery items (padding,
+      query items of a joint item list); they are never read.
+    good_index: int32 [Q, K] gallery indices (padding outside [0, G)).
+  Returns:
+    float32 [Q, K]. The good scores of the whole gallery are the maximum over the
+    blocks (``lax.pmax`` over gallery shards, ``jnp.maximum`` over column tiles).
+  """
+  L = scores.shape[1]
+  local = good_index - offset
+  inside = (local >= 0) & (local < L)
+  local = jnp.where(inside, local, 0)
+  inside &= column_valid[local]
+  return jnp.where(inside, jnp.take_along_axis(scores, local, axis=1), -jnp.inf)
+
+
+def sort_good_items(good_scores: jax.Array, good_index: jax.Array, num_gallery: int
+                    ) -> tuple[jax.Array, jax.Array]:
+  """Good items sorted by (score desc, index asc), padding last: (scores, indices) [Q, K]."""
+  good_valid = (good_index >= 0) & (good_index < num_gallery)
+  good_scores = jnp.where(good_valid, good_scores, -jnp.inf)
+  order_index = jnp.where(good_valid, good_index, _NO_INDEX).astype(jnp.int32)
+  neg_sorted, sorted_index = jax.lax.sort((-good_scores, order_index), num_keys=2)
+  return -neg_sorted, sorted_index
+
+
+def negatives_histogram(scores: jax.Array, offset, column_valid: jax.Array,
+                        column_junk: jax.Array, good_index: jax.Array, junk_index: jax.Array,
+                        sorted_scores: jax.Array, sorted_index: jax.Array) -> jax.Array:
+  """hist[q, i]: negatives of a block of columns with exactly i good items before them.
+
+  Args:
+    scores: float32 [Q, L], column c is gallery item ``offset + c``.
+    column_valid: bool [L]; invalid columns are not counted.
+    column_junk: bool [L], junk for every query (gallery id -1).
+    good_index, junk_index: int32 [Q, K], [Q, J] gallery indices, padding outside [0, G).
+    sorted_scores, sorted_index: the good items of the whole gallery (``sort_good_items``).
+  Returns:
+    int32 [Q, K + 1]. Histograms of disjoint blocks add (gallery shards, column tiles).
+  """
+  Q, L = scores.shape
   K = good_index.shape[1]
   rows = jnp.arange(Q)[:, None]
-  good_valid = (good_index >= 0) & (good_index < G)
-  safe_good = jnp.where(good_valid, good_index, 0)
-  good_scores = jnp.where(good_valid, jnp.take_along_axis(scores, safe_good, axis=1), -jnp.inf)
-  good_order_index = jnp.where(good_valid, good_index, _NO_INDEX).astype(jnp.int32)
-  # Sort the good items by (score desc, index asc); padding goes last.
-  neg_sorted, sorted_index = jax.lax.sort((-good_scores, good_order_index), num_keys=2)
-  sorted_scores = -neg_sorted
+  # For every column j: how many good items precede it.
+  column_index = (offset + jnp.arange(L, dtype=jnp.int32))[None, :]
+  if K <= _LINEAR_MAX_GOODS:
+    # Compare with each good item: K row-broadcast compares fused in one loop, no
+    # gathers (much faster than a binary search on CPU for Market's K; a [Q, L, K]
+    # form would be materialised).
+    goods_before = jnp.zeros((Q, L), jnp.int32)
+    for k in range(K):
+      s_k, i_k = sorted_scores[:, k:k + 1], sorted_index[:, k:k + 1]
+      goods_before += ((s_k > scores) | ((s_k == scores) & (i_k < column_index))).astype(jnp.int32)
+  else:
+    # Binary search; the sorted good items are read through flat 1-D gathers.
+    flat_scores, flat_index = sorted_scores.reshape(-1), sorted_index.reshape(-1)
+    row_base = (jnp.arange(Q, dtype=jnp.int32) * K)[:, None]
+    lo = jnp.zeros((Q, L), jnp.int32)
+    hi = jnp.full((Q, L), K, jnp.int32)
+    for _ in range(max(1, int(np.ceil(np.log2(K + 1))))):
+      mid = (lo + hi) // 2
+      at = row_base + jnp.minimum(mid, K - 1)
+      s_mid, i_mid = flat_scores[at], flat_index[at]
+      good_first = (s_mid > scores) | ((s_mid == scores) & (i_mid < column_index))
+      good_first &= mid < hi
+      lo = jnp.where(good_first, mid + 1, lo)
+      hi = jnp.where(good_first, hi, mid)
+    goods_before = lo
 
-  # For every gallery item j: how many good items precede it (binary search). The
-  # sorted good items are read through flat 1-D gathers (row * K + mid).
-  gallery_index = jnp.arange(G, dtype=jnp.int32)[None, :]
-  flat_scores, flat_index = sorted_scores.reshape(-1), sorted_index.reshape(-1)
-  row_base = (jnp.arange(Q, dtype=jnp.int32) * K)[:, None]
-  lo = jnp.zeros((Q, G), jnp.int32)
-  hi = jnp.full((Q, G), K, jnp.int32)
-  for _ in range(max(1, int(np.ceil(np.log2(K + 1))))):
-    mid = (lo + hi) // 2
-    at = row_base + jnp.minimum(mid, K - 1)
-    s_mid, i_mid = flat_scores[at], flat_index[at]
-    good_first = (s_mid > scores) | ((s_mid == scores) & (i_mid < gallery_index))
-    good_first &= mid < hi
-    lo = jnp.where(good_first, mid + 1, lo)
-    hi = jnp.where(good_first, hi, mid)
-  goods_before = lo
-
-  # Negatives: neither junk nor good.
-  excluded = jnp.zeros((Q, G), jnp.bool_) | global_junk[None, :]
-  # Padding is sent out of bounds (negative indices would wrap around) and dropped.
-  out_of_bounds = lambda index: jnp.where((index >= 0) & (index < G), index, G)
-  excluded = excluded.at[rows, out_of_bounds(good_index)].set(True, mode="drop")
-  excluded = excluded.at[rows, out_of_bounds(junk_index)].set(True, mode="drop")
-  # negatives_before[i] = #{negative j : goods_before_j <= i}.
-  hist = jnp.zeros((Q, K + 1), jnp.int32).at[rows, goods_before].add(
+  # Negatives: neither junk nor good (nor an invalid column).
+  excluded = jnp.zeros((Q, L), jnp.bool_) | (column_junk | ~column_valid)[None, :]
+  # Items outside the block (and padding) are sent out of bounds and dropped.
+  local = lambda index: jnp.where((index - offset >= 0) & (index - offset < L), index - offset, L)
+  excluded = excluded.at[rows, local(good_index)].set(True, mode="drop")
+  excluded = excluded.at[rows, local(junk_index)].set(True, mode="drop")
+  return jnp.zeros((Q, K + 1), jnp.int32).at[rows, goods_before].add(
       (~excluded).astype(jnp.int32))
+
+
+def ranks_from_histogram(hist: jax.Array, good_index: jax.Array, num_gallery: int) -> jax.Array:
+  """int32 [Q, K] good-item ranks (``good_item_ranks``) from the summed histograms."""
+  K = good_index.shape[1]
+  good_valid = (good_index >= 0) & (good_index < num_gallery)
+  # negatives_before[i] = #{negative j : goods_before_j <= i}.
   negatives_before = jnp.cumsum(hist, axis=1)[:, :K]
   valid_sorted = jnp.arange(K)[None, :] < good_valid.sum(axis=1, keepdims=True)
   return jnp.where(valid_sorted, jnp.arange(K, dtype=jnp.int32)[None, :] + negatives_before,

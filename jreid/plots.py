@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patches  # pylint: disable=g-import-not-at-top
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
@@ -39,18 +40,35 @@ def plot_cmc(curves: Mapping[str, np.ndarray], path: str, title: str = "CMC") ->
 
 
 def plot_st_distributions(table: np.ndarray, bin_width: int, path: str,
-                          max_frames: float | None = None) -> str:
+                          max_frames: float | None = None, *,
+                          ticks_per_second: float = 0.0,
+                          pair_counts: np.ndarray | None = None,
+                          camera_names: Sequence[str] | None = None) -> str:
   """Grid of per-camera-pair transit-time distributions (as the paper's figure).
 
-  Panel (a, b) shows P[a, b, :]: a person seen in camera a+1 after camera b+1.
+  Panel (a, b) (row a, column b) shows P[a, b, :]: a person seen in camera a after
+  camera b. Times are ticks (frames for Market/Duke); with ``ticks_per_second``
+  (Market: 25 fps, tracks tables: 1000) the x axis is in seconds.
+
+  Args:
+    table: float [C, C, H] ST probabilities.
+    bin_width: ticks per bin.
+    path: PNG to write.
+    max_frames: x range in ticks (default: up to the last bin holding > 1% of the peak).
+    ticks_per_second: ticks per second of the times; 0 when unknown (x in ticks).
+    pair_counts: int [C, C] training transits per pair, shown as "n=..." per panel.
+    camera_names: names of the C cameras (default c1..cC).
   """
   C, _, H = table.shape
-  t = (np.arange(H) + 0.5) * bin_width
   if max_frames is None:
     used = np.nonzero(table.max(axis=(0, 1)) > 0.01 * table.max())[0] if table.max() > 0 \
         else np.array([H - 1])
     max_frames = min(H, int(used.max()) + 1 + H // 50) * bin_width if used.size else H * bin_width
-  fig, axes = plt.subplots(C, C, figsize=(2.0 * C, 1.5 * C), sharex=True, squeeze=False)
+  scale = 1.0 / ticks_per_second if ticks_per_second else 1.0
+  unit = "s" if ticks_per_second else "frames"
+  t = (np.arange(H) + 0.5) * bin_width * scale
+  names = list(camera_names) if camera_names else [f"c{c + 1}" for c in range(C)]
+  fig, axes = plt.subplots(C, C, figsize=(2.1 * C, 1.7 * C), sharex=True, squeeze=False)
   for a in range(C):
     for b in range(C):
       ax = axes[a, b]
@@ -59,39 +77,81 @@ def plot_st_distributions(table: np.ndarray, bin_width: int, path: str,
         continue
       ax.fill_between(t, table[a, b], color="tab:blue", alpha=0.5, lw=0)
       ax.plot(t, table[a, b], color="tab:blue", lw=0.8)
-      ax.set_xlim(0, max_frames)
+      ax.set_xlim(0, max_frames * scale)
       ax.tick_params(labelsize=6)
-      ax.set_title(f"c{b + 1} \u2192 c{a + 1}", fontsize=7)
-  fig.suptitle(f"ST model: transit time (frames) between cameras, bin {bin_width} frames",
-               fontsize=9)
+      ax.set_title(f"{names[b]} \u2192 {names[a]}", fontsize=7)
+      if pair_counts is not None:
+        n = int(pair_counts[a, b])
+        ax.text(0.97, 0.92, f"n={n}", transform=ax.transAxes, ha="right", va="top",
+                fontsize=6, color="black" if n else "red")
+      if a == C - 1 or (a == C - 2 and b == C - 1):
+        ax.set_xlabel(f"transit time ({unit})", fontsize=6)
+      if b == 0 or (b == 1 and a == 0):
+        ax.set_ylabel("probability", fontsize=6)
+  bin_text = (f"{bin_width * scale:g} s" if ticks_per_second else f"{bin_width} frames")
+  counts = ("; n = training transits per pair" if pair_counts is not None else "")
+  fig.suptitle(f"ST model: P(transit time | earlier camera \u2192 later camera), "
+               f"bin {bin_text}{counts}", fontsize=9)
   fig.tight_layout()
   return _save(fig, path)
 
 
-def plot_ranked_lists(query_images: Sequence[np.ndarray], gallery_images: Sequence[Sequence[np.ndarray]],
-                      matches: np.ndarray, path: str, titles: Sequence[str] | None = None) -> str:
+MATCH_COLOUR, OTHER_COLOUR, UNLABELLED_COLOUR = "limegreen", "red", "0.6"
+
+
+def plot_ranked_lists(query_images: Sequence[np.ndarray],
+                      gallery_images: Sequence[Sequence[np.ndarray]],
+                      matches: np.ndarray | None, path: str,
+                      titles: Sequence[str] | None = None, *, ranked_by: str = "joint score",
+                      gallery_labels: Sequence[Sequence[str]] | None = None,
+                      scores: np.ndarray | None = None) -> str:
   """Rows of a query image and its top-k gallery images, framed green/red.
 
   Args:
     query_images: per row an HxWx3 uint8 image.
     gallery_images: per row k HxWx3 uint8 images, best first.
-    matches: bool [rows, k], True where the gallery image is a true match.
+    matches: bool [rows, k], True where the gallery image is a true match (green,
+      else red); None for an unlabelled gallery (grey frames, no legend).
+    path: PNG to write.
+    titles: per row the query's caption (e.g. "query id 12\ncam3").
+    ranked_by: the score the lists are sorted by, named in the title.
+    gallery_labels: per row and rank the caption under the tile (e.g. "id 12\ncam1").
+    scores: float [rows, k] shown above each tile with its rank.
   """
   rows = len(query_images)
-  k = matches.shape[1] if rows else 0
-  fig, axes = plt.subplots(rows, k + 1, figsize=(1.0 * (k + 1), 2.0 * rows), squeeze=False)
+  k = len(gallery_images[0]) if rows else 0
+  fig, axes = plt.subplots(rows, k + 1, figsize=(1.0 * (k + 1), 2.3 * rows + 0.6),
+                           squeeze=False)
   for r in range(rows):
     axes[r, 0].imshow(query_images[r])
     axes[r, 0].set_title(titles[r] if titles else "query", fontsize=6)
+    for spine in axes[r, 0].spines.values():
+      spine.set_edgecolor("tab:blue")
+      spine.set_linewidth(3)
     for c in range(k + 1):
       axes[r, c].set_xticks([])
       axes[r, c].set_yticks([])
     for c in range(k):
       ax = axes[r, c + 1]
       ax.imshow(gallery_images[r][c])
-      colour = "limegreen" if matches[r, c] else "red"
+      colour = UNLABELLED_COLOUR if matches is None else (
+          MATCH_COLOUR if matches[r, c] else OTHER_COLOUR)
       for spine in ax.spines.values():
         spine.set_edgecolor(colour)
         spine.set_linewidth(3)
-      ax.set_title(str(c + 1), fontsize=6)
+      ax.set_title(f"{c + 1}" + ("" if scores is None else f": {scores[r, c]:.3f}"),
+                   fontsize=6)
+      if gallery_labels is not None:
+        ax.set_xlabel(gallery_labels[r][c], fontsize=5.5, labelpad=2)
+  title = (f"Top-{k} gallery images of each query, ranked by {ranked_by}"
+           + ("" if scores is None else " (rank: score)"))
+  handles = [] if matches is None else [
+      matplotlib.patches.Patch(facecolor="white", edgecolor=MATCH_COLOUR, lw=3,
+                               label="true match (same id)"),
+      matplotlib.patches.Patch(facecolor="white", edgecolor=OTHER_COLOUR, lw=3,
+                               label="other id, junk or distractor")]
+  fig.suptitle(title, fontsize=8)
+  fig.tight_layout(rect=(0, 0.035 if handles else 0, 1, 0.97))
+  if handles:
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=7, frameon=False)
   return _save(fig, path)

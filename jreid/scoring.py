@@ -112,3 +112,39 @@ def fused_scores(visual: jax.Array, st_table: jax.Array | None, bin_width: int,
   prob = st_probabilities(st_table, bin_width, query_cameras, query_times, gallery_cameras,
                           gallery_times)
   return joint_scores(visual, prob, fusion)
+
+
+def st_factor_table(table: jax.Array, fusion: FusionParams) -> jax.Array:
+  """f(P; lambda_st, gamma_st) of every bin, float32 [C, C, H + 1]; bin H holds f(0).
+
+  The ST factor of the joint score depends on the bin only, so kernels that score
+  many pairs smooth the [C, C, H] table once and look the factor up
+  (``pair_st_factors``) instead of smoothing every pair: the same float32 values.
+  """
+  table = jnp.asarray(table, jnp.float32)
+  C, _, H = table.shape
+  smoothed = logistic(table, fusion.st_lambda, fusion.st_gamma)
+  zero = logistic(jnp.zeros((C, C, 1), jnp.float32), fusion.st_lambda, fusion.st_gamma)
+  return jnp.concatenate([smoothed, zero], axis=2)
+
+
+def pair_st_factors(factors: jax.Array, bin_width: int, query_cameras: jax.Array,
+                    query_times: jax.Array, gallery_cameras: jax.Array,
+                    gallery_times: jax.Array) -> jax.Array:
+  """f(ST probability) of pairs from ``st_factor_table`` [C, C, H + 1] (broadcastable
+  int32 arrays as in ``pair_st_probabilities``; out of range: f(0))."""
+  C, _, H1 = factors.shape
+  qc, qt, gc, gt = query_cameras, query_times, gallery_cameras, gallery_times
+  query_later = qt > gt
+  later = jnp.where(query_later, qc, gc)
+  earlier = jnp.where(query_later, gc, qc)
+  bins = jnp.minimum(jnp.abs(qt - gt) // bin_width, H1 - 1)
+  valid = (later >= 0) & (later < C) & (earlier >= 0) & (earlier < C)
+  flat = jnp.where(valid, (later * C + earlier) * H1 + bins, H1 - 1)
+  return factors.reshape(-1)[flat]
+
+
+def joint_scores_from_factors(visual: jax.Array, st_factors: jax.Array,
+                              fusion: FusionParams) -> jax.Array:
+  """``joint_scores`` with the ST factor already looked up (``pair_st_factors``)."""
+  return logistic(visual, fusion.visual_lambda, fusion.visual_gamma) * st_factors

@@ -6,10 +6,15 @@ section 2), vectorised over identities, camera pairs and bins, in float64 numpy
 with the reference). Lookups over query x gallery matrices live in
 ``jreid.scoring`` as jitted kernels.
 
-Conventions: cameras are 0-based here; times are global frame indices; the table
-``P[a, b, k]`` is the probability that a person seen in camera ``a`` *after* being
-seen in camera ``b`` took between ``k * bin_width`` and ``(k + 1) * bin_width``
-frames to get there. The diagonal (same camera) is zero.
+Conventions: cameras are 0-based here; times are integer ticks (global frame
+indices for Market/Duke names and features files, milliseconds for tracks tables,
+see ``jreid.tracks``); the table ``P[a, b, k]`` is the probability that a person
+seen in camera ``a`` *after* being seen in camera ``b`` took between
+``k * bin_width`` and ``(k + 1) * bin_width`` ticks to get there. The diagonal
+(same camera) is zero. A model may carry the names of its cameras
+(``camera_names[c]`` names camera index ``c``) and the ticks per second of its
+times, so that a saved model maps a later table's cameras by name and its
+pictures show seconds.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ class STParams:
   """Constants of the ST model; defaults are the reference's Market-1501 values.
 
   Attributes:
-    bin_width: frames per histogram bin (a positive integer).
+    bin_width: ticks (frames for Market/Duke) per histogram bin (a positive integer).
     num_bins: number of bins H (reference: 5000 Market, 3000 Duke).
     sigma: standard deviation of the Gaussian smoothing, in bins.
     truncate: the kernel covers integer offsets |d| <= truncate * sigma.
@@ -64,6 +69,13 @@ class STModel:
     num_out_of_range: counts whose time difference fell beyond the last bin (left out
       of the histograms and reported here, as the reference would have crashed).
     fingerprint: digest of the training (id, camera, time) arrays it was fitted on.
+    camera_names: names of cameras 0..C-1 (empty: cameras known by index only, as
+      for Market/Duke names).
+    ticks_per_second: time ticks per second (25 for Market frames, 1000 for tracks
+      tables); 0 when unknown. Only pictures and reports use it.
+    pair_counts: int64 [C, C] training transits per pair that went into the table
+      (the histogram's per-pair sums, before normalisation), or None for a model
+      saved before they were kept.
   """
   table: np.ndarray
   params: STParams
@@ -71,26 +83,49 @@ class STModel:
   num_pair_counts: int = 0
   num_out_of_range: int = 0
   fingerprint: str = ""
+  camera_names: tuple[str, ...] = ()
+  ticks_per_second: float = 0.0
+  pair_counts: np.ndarray | None = None
+
+  def __post_init__(self):
+    if self.camera_names and len(self.camera_names) != self.table.shape[0]:
+      raise ValueError(f"STModel: {len(self.camera_names)} camera names for a table of "
+                       f"{self.table.shape[0]} cameras")
+    if len(set(self.camera_names)) != len(self.camera_names):
+      raise ValueError(f"STModel: camera names must be distinct, got {list(self.camera_names)}")
 
   @property
   def num_cameras(self) -> int:
     return self.table.shape[0]
 
+  @property
+  def bin_seconds(self) -> float | None:
+    """Seconds per bin, when the ticks per second are known."""
+    return self.params.bin_width / self.ticks_per_second if self.ticks_per_second else None
+
   def save(self, path: str) -> None:
     """Writes ``path`` (.npz, local or gs://) with the table and its metadata as JSON."""
     meta = dict(params=dataclasses.asdict(self.params), num_identities=self.num_identities,
                 num_pair_counts=self.num_pair_counts,
-                num_out_of_range=self.num_out_of_range, fingerprint=self.fingerprint)
-    files.save_npz(path, table=self.table, meta=np.asarray(json.dumps(meta)))
+                num_out_of_range=self.num_out_of_range, fingerprint=self.fingerprint,
+                camera_names=list(self.camera_names),
+                ticks_per_second=float(self.ticks_per_second))
+    arrays = dict(table=self.table, meta=np.asarray(json.dumps(meta)))
+    if self.pair_counts is not None:
+      arrays["pair_counts"] = np.asarray(self.pair_counts, np.int64)
+    files.save_npz(path, **arrays)
 
   @classmethod
   def load(cls, path: str) -> "STModel":
+    """Reads a model written by ``save`` (files from before camera names still load)."""
     f = files.load_npz(path)
     if "table" not in f or "meta" not in f:
       raise ValueError(f"{path!r}: expected an ST model written by STModel.save "
                        f"(keys 'table' and 'meta'), found {sorted(f)}")
     meta = json.loads(str(f["meta"]))
-    return cls(table=f["table"], params=STParams(**meta.pop("params")), **meta)
+    meta["camera_names"] = tuple(str(c) for c in meta.get("camera_names", ()))
+    return cls(table=f["table"], params=STParams(**meta.pop("params")),
+               pair_counts=f["pair_counts"] if "pair_counts" in f else None, **meta)
 
 
 def mean_time_per_identity_camera(labels: np.ndarray, cameras: np.ndarray,
@@ -179,28 +214,35 @@ def smooth_bins(hist: np.ndarray, sigma: float, truncate: float = 3.0) -> np.nda
 
 
 def fit(person_ids: np.ndarray, cameras: np.ndarray, times: np.ndarray,
-        num_cameras: int | None = None, params: STParams = STParams()) -> STModel:
+        num_cameras: int | None = None, params: STParams = STParams(),
+        camera_names: tuple[str, ...] = (), ticks_per_second: float = 0.0) -> STModel:
   """Fits the ST model from the training set.
 
   Args:
     person_ids: int [N] identity of each training image.
     cameras: int [N] 0-based camera of each image.
-    times: [N] global frame of each image.
-    num_cameras: C (default: max camera + 1).
+    times: int [N] global time of each image, in ticks (frames for Market/Duke).
+    num_cameras: C (default: max camera + 1, or the number of camera names).
     params: constants (reference defaults).
+    camera_names: optional names of cameras 0..C-1, kept with the model.
+    ticks_per_second: optional ticks per second of ``times``, kept with the model.
   Returns:
     The fitted ``STModel`` with ``table`` float64 [C, C, H].
   """
   cameras = np.asarray(cameras)
   if num_cameras is None:
-    num_cameras = int(cameras.max()) + 1 if cameras.size else 1
+    num_cameras = (len(camera_names) if camera_names else
+                   int(cameras.max()) + 1 if cameras.size else 1)
   hist, used, out = transit_histograms(person_ids, cameras, times, num_cameras, params)
+  pair_counts = hist.sum(axis=-1).round().astype(np.int64)
   prob = normalise_bins(hist, params.eps)
   prob = normalise_bins(smooth_bins(prob, params.sigma, params.truncate), params.eps)
   return STModel(table=prob, params=params,
                  num_identities=len(np.unique(np.asarray(person_ids))),
                  num_pair_counts=used, num_out_of_range=out,
-                 fingerprint=data_fingerprint(person_ids, cameras, times))
+                 fingerprint=data_fingerprint(person_ids, cameras, times),
+                 camera_names=tuple(str(c) for c in camera_names),
+                 ticks_per_second=float(ticks_per_second), pair_counts=pair_counts)
 
 
 def data_fingerprint(*arrays: np.ndarray) -> str:

@@ -45,6 +45,7 @@ from jreid import progress
 from jreid import records as records_lib
 from jreid import rerank as rerank_lib
 from jreid import scoring
+from jreid import search as search_lib
 from jreid import sharding
 from jreid import st as st_lib
 
@@ -323,7 +324,8 @@ def fit_st(train: records_lib.Records, num_cameras: int, config, workdir: str
   if sharding.is_main_process():
     model.save(path)
     plots.plot_st_distributions(model.table, params.bin_width,
-                                files.join(workdir, "st_distributions.png"))
+                                files.join(workdir, "st_distributions.png"),
+                                ticks_per_second=config.st.fps, pair_counts=model.pair_counts)
   write_stamp(workdir, "fit_st", wanted)
   return model
 
@@ -378,8 +380,10 @@ def check_evaluation_inputs(query: records_lib.Records, gallery: records_lib.Rec
 
 def evaluate(query: records_lib.Records, gallery: records_lib.Records, st_model: st_lib.STModel,
              config, workdir: str, writer: progress.MetricWriter | None = None,
-             step: int = 0) -> dict:
-  """Every method of the config; writes results.json, cmc.json, cmc.png (and TensorBoard)."""
+             step: int = 0, rank_lists: bool = True) -> dict:
+  """Every method of the config; writes results.json, cmc.json, cmc.png (and TensorBoard),
+  and with ``rank_lists`` rank_lists.json: the top ``eval.top_k`` gallery items of every
+  query by joint score (``jreid.search``; every gallery item, junk included)."""
   chosen = methods(config)
   check_evaluation_inputs(query, gallery, st_model)
   found = evaluation.evaluate(
@@ -392,6 +396,12 @@ def evaluate(query: records_lib.Records, gallery: records_lib.Records, st_model:
     files.write_json(files.join(workdir, RESULTS_FILE), results)
     files.write_json(files.join(workdir, "cmc.json"), {k: v.tolist() for k, v in curves.items()})
     plots.plot_cmc(curves, files.join(workdir, "cmc.png"))
+    if rank_lists:
+      found = search_lib.top_k(query, gallery, st_model, fusion_params(config), config.eval.top_k,
+                               config.eval.budget_elements)
+      search_lib.write_rank_lists(files.join(workdir, search_lib.RANK_LISTS_FILE),
+                                  search_lib.rank_lists(found, query, gallery),
+                                  time_unit="frames")
     if writer is not None:
       writer.scalars(step, {f"eval/{kind}/{k}": r[k] for kind, r in results.items()
                             for k in ("rank1", "mAP", "mINP")})
@@ -415,7 +425,10 @@ def pictures(config, builder, query: records_lib.Records, gallery: records_lib.R
   plots.plot_ranked_lists(
       [q_images[i] for i in picks], [[g_images[j] for j in row] for row in top],
       gallery.person_ids[top] == q.person_ids[:, None], files.join(workdir, "ranked_lists.png"),
-      titles=[f"id {p} c{c + 1}" for p, c in zip(q.person_ids, q.cameras)])
+      titles=[f"query id {p}\nc{c + 1}" for p, c in zip(q.person_ids, q.cameras)],
+      ranked_by="joint score (junk and same-camera matches left out)",
+      gallery_labels=[[f"id {gallery.person_ids[j]}\nc{gallery.cameras[j] + 1}" for j in row]
+                      for row in top])
 
 
 def format_table(results: dict) -> str:

@@ -1,14 +1,12 @@
-import os
-import sys
+"""Shared fixtures: a tiny synthetic world and its prepared TFDS builder.
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for p in (ROOT, os.path.join(ROOT, "benchmarks")):
-  if p not in sys.path:
-    sys.path.insert(0, p)
+``pytest.ini`` puts the repository root on sys.path; pytest puts tests/ there too
+(for ``numpy_reference``, the numpy oracle).
+"""
 
-import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import pytest
 
-from jreid.data import synthetic  # pylint: disable=g-import-not-at-top
+from jreid.data import synthetic
 
 TINY_WORLD = synthetic.WorldParams(num_train_ids=12, num_test_ids=10, num_cameras=4,
                                    image_height=64, image_width=32, num_junk=4,

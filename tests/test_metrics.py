@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -5,6 +6,7 @@ import pytest
 import numpy_reference
 from jreid import evaluate
 from jreid import metrics
+from jreid import records
 from jreid import scoring
 
 
@@ -68,9 +70,10 @@ def test_matches_reference_loop_on_random_data_with_st():
   gf[5] = gf[6] = gf[7]  # exact ties
   table = numpy_reference.fit_st(rng.integers(0, 40, 800), rng.integers(0, 6, 800),
                                  rng.integers(0, 90_000, 800), 6, num_bins=1000)
-  found = evaluate.evaluate(evaluate.ImageSet(qf, qids, qcams, qt),
-                            evaluate.ImageSet(gf, gids, gcams, gt), table, query_chunk=48,
-                            max_rank=50)
+  # cameras 1-based for the reference, 0-based for jreid; a budget of 48 queries per chunk.
+  found = evaluate.evaluate(records.Records(qids, qcams - 1, qt, qf),
+                            records.Records(gids, gcams - 1, gt, gf), table, bin_width=100,
+                            methods=("visual", "st"), budget_elements=48 * G, max_rank=50)
   for kind, tab in (("visual", None), ("st", table)):
     ref = numpy_reference.evaluate(qf, qids, qcams, qt, gf, gids, gcams, gt, tab, max_rank=50)
     got = found[kind]
@@ -84,16 +87,40 @@ def test_matches_reference_loop_on_random_data_with_st():
 def test_chunk_size_does_not_change_results():
   rng = np.random.default_rng(2)
   Q, G = 37, 200
-  q = evaluate.ImageSet(scoring.l2_normalise_features(rng.normal(size=(Q, 8)).astype(np.float32)),
-                        rng.integers(0, 10, Q), rng.integers(1, 4, Q), rng.integers(0, 1000, Q))
-  g = evaluate.ImageSet(scoring.l2_normalise_features(rng.normal(size=(G, 8)).astype(np.float32)),
-                        rng.integers(-1, 10, G), rng.integers(1, 4, G), rng.integers(0, 1000, G))
-  a = evaluate.evaluate(q, g, None, query_chunk=5)["visual"]
-  b = evaluate.evaluate(q, g, None, query_chunk=64)["visual"]
+  q = records.Records(rng.integers(0, 10, Q), rng.integers(0, 3, Q), rng.integers(0, 1000, Q),
+                      scoring.l2_normalise_features(rng.normal(size=(Q, 8)).astype(np.float32)))
+  g = records.Records(rng.integers(-1, 10, G), rng.integers(0, 3, G), rng.integers(0, 1000, G),
+                      scoring.l2_normalise_features(rng.normal(size=(G, 8)).astype(np.float32)))
+  run = lambda budget: evaluate.evaluate(q, g, None, bin_width=100, methods=["visual"],
+                                         budget_elements=budget)["visual"]
+  a, b = run(5 * G), run(64 * G)
   assert a.mAP == b.mAP and np.array_equal(a.cmc, b.cmc)
+  # A budget below 128 queries x the gallery tiles the gallery's columns (two sweeps).
+  c = run(G)
+  assert c.mAP == b.mAP and np.array_equal(c.cmc, b.cmc)
 
 
-def test_auto_query_chunk_bounds_memory():
-  assert evaluate.auto_query_chunk(3368, 500_000, 1 << 24) == 32
-  assert evaluate.auto_query_chunk(10, 100, 1 << 24) == 10
-  assert evaluate.auto_query_chunk(3368, 1 << 25, 1 << 24) == 1
+def test_blocks_of_columns_add_up():
+  # Ranks from two column blocks (max of good scores, sum of histograms) equal one block.
+  rng = np.random.default_rng(3)
+  Q, G = 9, 40
+  scores = jnp.asarray(rng.integers(0, 6, (Q, G)) / 5.0, jnp.float32)  # many exact ties
+  gids, gcams = rng.integers(-1, 5, G), rng.integers(0, 3, G)
+  good, junk = evaluate.match_lists(rng.integers(0, 5, Q), rng.integers(0, 3, Q), gids, gcams)
+  whole = jax.jit(metrics.good_item_ranks)(scores, jnp.asarray(good), jnp.asarray(junk),
+                                           jnp.asarray(gids == -1))
+
+  @jax.jit
+  def in_two_blocks(scores, good, junk, column_junk):
+    valid = jnp.ones((G,), bool)
+    parts = [(0, scores[:, :17]), (17, scores[:, 17:])]
+    best = jnp.maximum(*[metrics.gather_good_scores(s, o, valid[o:o + s.shape[1]], good)
+                         for o, s in parts])
+    sorted_scores, sorted_index = metrics.sort_good_items(best, good, G)
+    hist = sum(metrics.negatives_histogram(s, o, valid[o:o + s.shape[1]],
+                                           column_junk[o:o + s.shape[1]], good, junk,
+                                           sorted_scores, sorted_index) for o, s in parts)
+    return metrics.ranks_from_histogram(hist, good, G)
+
+  np.testing.assert_array_equal(
+      in_two_blocks(scores, good, junk, jnp.asarray(gids == -1)), whole)

@@ -7,6 +7,7 @@ import pytest
 import numpy_reference
 from jreid import evaluate
 from jreid import metrics
+from jreid import records
 from jreid import rerank
 from jreid import scoring
 
@@ -49,7 +50,7 @@ def _world(seed, Q, G, D=8, ids=12):
   def side(n, low):
     pid = rng.integers(low, ids + 1, n)
     f = scoring.l2_normalise_features((centres[np.maximum(pid, 0)] + 0.9 * rng.normal(size=(n, D))).astype(np.float32))
-    return evaluate.ImageSet(f, pid, rng.integers(1, 4, n), rng.integers(0, 3000, n))
+    return records.Records(pid, rng.integers(0, 3, n), rng.integers(0, 3000, n), f)
   return side(Q, 1), side(G, -1)
 
 
@@ -61,31 +62,32 @@ def _ranks_from_distance(final, query, gallery):
                                             jnp.asarray(gallery.person_ids == -1))), good, junk
 
 
-@pytest.mark.parametrize("use_st, k1, k2, lam", [(False, 20, 6, 0.3), (True, 20, 6, 0.3),
-                                                 (True, 5, 1, 0.5), (False, 7, 3, 0.0)])
-def test_matches_dense_paper_implementation(use_st, k1, k2, lam):
+@pytest.mark.parametrize("k1, k2, lam", [(20, 6, 0.3), (5, 1, 0.5), (7, 3, 0.0)])
+def test_matches_dense_paper_implementation(k1, k2, lam):
+  # Both kinds in one call (they share the neighbour pass), each against the dense
+  # implementation of its own distance.
   query, gallery = _world(0, 20, 70)
-  table = None
-  if use_st:
-    rng = np.random.default_rng(5)
-    table = numpy_reference.fit_st(rng.integers(0, 12, 200), rng.integers(0, 3, 200),
-                                   rng.integers(0, 3000, 200), 3, num_bins=40, sigma=3)
+  rng = np.random.default_rng(5)
+  table = numpy_reference.fit_st(rng.integers(0, 12, 200), rng.integers(0, 3, 200),
+                                 rng.integers(0, 3000, 200), 3, num_bins=40, sigma=3)
+  got = evaluate.method_ranks(query, gallery, table, bin_width=100,
+                              fusion=scoring.FusionParams(),
+                              methods=["visual_rerank", "st_rerank"],
+                              rerank=rerank.RerankParams(k1, k2, lam), budget_elements=300)
   f = np.concatenate([query.features, gallery.features])
   cams = np.concatenate([query.cameras, gallery.cameras])
   times = np.concatenate([query.times, gallery.times])
-  score = (f @ f.T).astype(np.float64)
-  if table is not None:
-    p = np.stack([numpy_reference.st_row(table, cams[i] - 1, times[i], cams - 1, times)
-                  for i in range(len(f))])
-    score = 1 / (1 + np.exp(-5 * score)) / (1 + 2 * np.exp(-5 * p))
-  final = dense_rerank(2 - 2 * score, len(query), k1, k2, lam)
-  expected, good, junk = _ranks_from_distance(final, query, gallery)
-  got = rerank.rerank_ranks(query, gallery, table, good, junk,
-                            rerank.RerankParams(k1, k2, lam), bin_width=100, row_chunk=16,
-                            chunk_elements=300)
-  np.testing.assert_array_equal(got, expected)
-  assert metrics.retrieval_metrics(got, 10).mAP == pytest.approx(
-      metrics.retrieval_metrics(expected, 10).mAP, abs=1e-12)
+  for method, use_st in (("visual_rerank", False), ("st_rerank", True)):
+    score = (f @ f.T).astype(np.float64)
+    if use_st:
+      p = np.stack([numpy_reference.st_row(table, cams[i], times[i], cams, times)
+                    for i in range(len(f))])
+      score = 1 / (1 + np.exp(-5 * score)) / (1 + 2 * np.exp(-5 * p))
+    final = dense_rerank(2 - 2 * score, len(query), k1, k2, lam)
+    expected, good, junk = _ranks_from_distance(final, query, gallery)
+    np.testing.assert_array_equal(got[method], expected)
+    assert metrics.retrieval_metrics(got[method], 10).mAP == pytest.approx(
+        metrics.retrieval_metrics(expected, 10).mAP, abs=1e-12)
 
 
 def test_expansion_sets_hand_case():
@@ -100,10 +102,25 @@ def test_expansion_sets_hand_case():
   assert mask2[1].tolist() == [True, True, True]
 
 
+def test_expansion_members_hand_case():
+  # 0-1-2 are mutual 2-nn; 3's nearest are 2, 1 (not reciprocal: 3 is nobody's 3-nn).
+  nb = np.array([[0, 1, 2], [1, 0, 2], [2, 1, 0], [3, 2, 1]], np.int32)
+  members, counts = rerank.expansion_members(nb, 2)
+  assert rerank.expansion_width(2) == 3 + 3 * 2 == members.shape[1]
+  assert counts.tolist() == [3, 3, 3, 1]
+  assert np.asarray(members)[:, :3].tolist() == [[0, 1, 2], [0, 1, 2], [0, 1, 2], [3, 4, 4]]
+
+
 def test_jaccard_block_hand_case():
   V = np.array([[0.5, 0.5, 0.0], [0.25, 0.0, 0.75], [0.0, 1.0, 0.0]], np.float32)
-  csr = rerank.scipy.sparse.csr_matrix(V)
-  got = rerank.jaccard_block(csr[:1], csr.T.tocsr(), 0, 3)
+  # V as sorted fixed-width rows, 3 (the item count) in empty slots.
+  index = np.array([[0, 1, 3], [0, 2, 3], [1, 3, 3]], np.int32)
+  value = np.take_along_axis(np.pad(V, ((0, 0), (0, 1))), index, axis=1)
+  item, weight, start = rerank.column_lists(index, value, 3)
+  assert np.asarray(start).tolist() == [0, 2, 4, 5]
+  assert rerank.term_counts(index[:1], start, 3).tolist() == [4]
+  got, used = rerank.jaccard_distance(index[:1], value[:1], item, weight, start, 3, 3, 8)
+  assert int(used) == 4
   m = np.array([1.0, 0.25, 0.5])
   np.testing.assert_allclose(got[0], 1 - m / (2 - m), rtol=1e-6)
 

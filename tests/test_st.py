@@ -144,3 +144,44 @@ def test_part_normalisation():
   np.testing.assert_allclose(n, [[0.6 / 2 ** 0.5, 0.8 / 2 ** 0.5, 0.0, 1 / 2 ** 0.5]], rtol=1e-6)
   with pytest.raises(ValueError, match="num_parts=3"):
     scoring.l2_normalise_features(f, num_parts=3)
+
+
+def test_camera_names_ticks_and_pair_counts_round_trip(tmp_path):
+  ids = np.array([1, 1, 2, 2, 3, 3])
+  cams = np.array([0, 1, 0, 1, 2, 1])
+  times = np.array([0, 4000, 0, 9000, 100, 6000])   # ms: bins of 4000 ms
+  model = st.fit(ids, cams, times, params=st.STParams(bin_width=4000, num_bins=10, sigma=1.0),
+                 camera_names=("gate", "hall", "lift"), ticks_per_second=1000)
+  assert model.num_cameras == 3                      # from the names
+  expected = np.zeros((3, 3), np.int64)
+  expected[1, 0] = 2                                 # ids 1 and 2: gate -> hall
+  expected[1, 2] = 1                                 # id 3: lift -> hall
+  np.testing.assert_array_equal(model.pair_counts, expected)
+  assert model.bin_seconds == 4.0
+  path = str(tmp_path / "st.npz")
+  model.save(path)
+  loaded = st.STModel.load(path)
+  assert loaded.camera_names == ("gate", "hall", "lift")
+  assert loaded.ticks_per_second == 1000.0
+  np.testing.assert_array_equal(loaded.pair_counts, expected)
+  np.testing.assert_array_equal(loaded.table, model.table)
+
+
+def test_model_saved_before_camera_names_still_loads(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  table = np.zeros((2, 2, 5))
+  meta = dict(params=dict(bin_width=100, num_bins=5, sigma=50.0, truncate=3.0, eps=1e-7),
+              num_identities=4, num_pair_counts=3, num_out_of_range=0, fingerprint="abc")
+  path = str(tmp_path / "old.npz")
+  np.savez(path, table=table, meta=np.asarray(json.dumps(meta)))
+  loaded = st.STModel.load(path)
+  assert loaded.camera_names == () and loaded.ticks_per_second == 0.0
+  assert loaded.pair_counts is None and loaded.num_identities == 4
+  assert loaded.bin_seconds is None
+
+
+def test_camera_names_must_match_the_table():
+  with pytest.raises(ValueError, match="2 camera names for a table of 3 cameras"):
+    st.STModel(table=np.zeros((3, 3, 2)), params=st.STParams(), camera_names=("a", "b"))
+  with pytest.raises(ValueError, match="distinct"):
+    st.STModel(table=np.zeros((2, 2, 2)), params=st.STParams(), camera_names=("a", "a"))

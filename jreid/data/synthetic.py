@@ -22,6 +22,11 @@ real thing:
 Times are global frames (25 fps); names carry (camera, sequence, local frame)
 through the reference's Market-1501 sequence offsets (``jreid.names``), so the
 offsets matter exactly as on the real data. No TensorFlow here.
+
+Beside the images the world writes its ground truth twice: ``manifest.json`` and
+``tracks.csv``, a tracks table (``jreid.tracks``) with image paths relative to it,
+string camera names (``cam1``..``cam6``), times in seconds (frame / 25) and the
+split, so that the camera-network path (fit from a table, search) runs on it.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from jreid import files
 from jreid import names as names_lib
 
 ROOT_NAME = "Market-1501-v15.09.15"
+TRACKS_FILE = "tracks.csv"
 FOLDERS = {"train": "bounding_box_train", "gallery": "bounding_box_test", "query": "query"}
 FPS = 25.0
 # Frames recorded by each Market camera (sum of its sequences' maxima); the world
@@ -238,7 +244,7 @@ def generate(out_dir: str, params: WorldParams = WorldParams(), make_zip: bool =
              ) -> Manifest:
   """Writes ``out_dir/Market-1501-v15.09.15/{bounding_box_train,bounding_box_test,query}``.
 
-  Also writes ``manifest.json`` (ground truth) beside the folder, and with
+  Also writes ``manifest.json`` and ``tracks.csv`` (ground truth) beside the folder, and with
   ``make_zip`` the official-style ``Market-1501-v15.09.15.zip``. Deterministic
   given ``params.seed``. Returns the manifest.
   """
@@ -297,6 +303,7 @@ def generate(out_dir: str, params: WorldParams = WorldParams(), make_zip: bool =
       time=np.array([r[4] for r in rows], np.int64),
       camera_position_m=positions, walking_speed=speeds)
   files.write_bytes(files.join(out_dir, "manifest.json"), manifest.to_json().encode())
+  write_tracks_table(out_dir, manifest)
   if make_zip:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:
@@ -304,6 +311,43 @@ def generate(out_dir: str, params: WorldParams = WorldParams(), make_zip: bool =
         z.writestr(f"{ROOT_NAME}/{FOLDERS[split]}/{name}", encoded[(split, name)])
     files.write_bytes(files.join(out_dir, ROOT_NAME + ".zip"), buffer.getvalue())
   return manifest
+
+
+def camera_name(camera: int) -> str:
+  """The tracks-table name of 1-based camera ``camera``."""
+  return f"cam{camera}"
+
+
+def tracks_table(manifest: Manifest) -> str:
+  """The manifest as a tracks table (CSV text): image,person_id,camera,time,split.
+
+  Images are relative to the table's folder (the world's folder); times are seconds
+  (frame / 25 fps, exact to the hundredth).
+  """
+  lines = ["image,person_id,camera,time,split"]
+  for name, split, pid, cam, t in zip(manifest.filenames, manifest.split, manifest.person_id,
+                                      manifest.camera, manifest.time):
+    lines.append(f"{ROOT_NAME}/{FOLDERS[split]}/{name},{int(pid)},{camera_name(int(cam))},"
+                 f"{int(t) / FPS:.2f},{split}")
+  return "\n".join(lines) + "\n"
+
+
+def write_tracks_table(out_dir: str, manifest: Manifest) -> str:
+  """Writes ``out_dir/tracks.csv``; returns its path."""
+  path = files.join(out_dir, TRACKS_FILE)
+  files.write_bytes(path, tracks_table(manifest).encode())
+  return path
+
+
+def read_manifest(out_dir: str) -> Manifest:
+  """The ``manifest.json`` of a generated world."""
+  raw = json.loads(files.read_bytes(files.join(out_dir, "manifest.json")).decode())
+  return Manifest(filenames=tuple(raw["filenames"]), split=tuple(raw["split"]),
+                  person_id=np.asarray(raw["person_id"], np.int64),
+                  camera=np.asarray(raw["camera"], np.int64),
+                  time=np.asarray(raw["time"], np.int64),
+                  camera_position_m=np.asarray(raw["camera_position_m"]),
+                  walking_speed={int(k): v for k, v in raw["walking_speed"].items()})
 
 
 def generate_if_missing(out_dir: str, params: WorldParams) -> str:
@@ -315,6 +359,8 @@ def generate_if_missing(out_dir: str, params: WorldParams) -> str:
   wanted = json.dumps(dataclasses.asdict(params), sort_keys=True)
   if files.exists(stamp):
     if files.read_bytes(stamp).decode() == wanted:
+      if not files.exists(files.join(out_dir, TRACKS_FILE)):  # a world from before tables
+        write_tracks_table(out_dir, read_manifest(out_dir))
       return out_dir
     raise ValueError(f"{out_dir!r} holds a synthetic world with other parameters; "
                      f"use another folder or delete it")

@@ -1,0 +1,64 @@
+"""Eval batches of image files (an image folder or a tracks table's images), for extraction.
+
+The same per-image preprocessing and batch layout as the eval batches of the TFDS
+splits (``jreid.data.pipeline.eval_batches``, whose image map this reuses): every
+file exactly once across all processes, each process reading its contiguous share,
+padded to one number of batches with ``mask = False`` rows. ``index`` is the row in
+``paths``; id, camera and time are placeholders (0, 1 and 0): the caller keeps the
+rows' own records and takes the features alone. Only this package imports
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from jreid.data import pipeline as data_pipeline
+
+
+def _decode(path: tf.Tensor) -> tf.Tensor:
+  image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def batches(paths: Sequence[str], global_batch: int, image_size: tuple[int, int]
+            ) -> tuple[Iterator[dict[str, np.ndarray]], int]:
+  """Local eval batches of ``paths`` (this process's share), as ``eval_batches``.
+
+  Returns:
+    (iterator, number of batches, the same on every process). Each batch: "image"
+    float32 [b, H, W, 3], "index" int64 [b] (row in ``paths``), "mask" bool [b]
+    (False on padding), "id", "camera", "time" int64 [b] placeholders.
+  """
+  n, me = jax.process_count(), jax.process_index()
+  if global_batch % n:
+    raise ValueError(f"eval batch {global_batch} must divide over {n} processes")
+  local = global_batch // n
+  total = len(paths)
+  bounds = [(p * total) // n for p in range(n + 1)]
+  lo, hi = bounds[me], bounds[me + 1]
+  num_batches = max(1, math.ceil(max(b - a for a, b in zip(bounds[:-1], bounds[1:])) / local))
+  H, W = image_size
+  ds = tf.data.Dataset.from_tensor_slices(
+      {"path": tf.constant([str(p) for p in paths[lo:hi]] or [""], tf.string),
+       "index": tf.range(lo, max(hi, lo + 1), dtype=tf.int64)}).take(hi - lo)
+  # The eval map of the TFDS splits (private there; one preprocessing for both paths).
+  # pylint: disable-next=protected-access
+  resize, normalise = data_pipeline._resize, data_pipeline._normalise
+  ds = ds.map(lambda ex: {
+      "image": normalise(resize(_decode(ex["path"]), image_size)),
+      "id": tf.constant(0, tf.int64), "camera": tf.constant(1, tf.int64),
+      "time": tf.constant(0, tf.int64), "index": ex["index"], "mask": True},
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  pad = tf.data.Dataset.from_tensors({
+      "image": tf.zeros([H, W, 3]), "id": tf.constant(0, tf.int64),
+      "camera": tf.constant(1, tf.int64), "time": tf.constant(0, tf.int64),
+      "index": tf.constant(-1, tf.int64), "mask": False}).repeat()
+  ds = ds.concatenate(pad).take(num_batches * local).batch(local).prefetch(tf.data.AUTOTUNE)
+  return ds.as_numpy_iterator(), num_batches

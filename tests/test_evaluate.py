@@ -1,0 +1,122 @@
+"""evaluate.evaluate over a sharded gallery: devices and processes do not change the ranks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jreid import evaluate
+from jreid import records
+from jreid import scoring
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALL = ("visual", "st", "visual_rerank", "st_rerank")
+
+# Runs in a child process: every method's ranks, on the mesh of all devices (of all
+# processes) and, in process 0, on a mesh of one device; prints them as JSON.
+_CHILD = r"""
+import json, sys
+import numpy as np
+import jax
+sys.path.insert(0, ".")
+from jreid import evaluate, records, scoring, sharding
+coordinator, num_processes, process_id = sys.argv[1:4]
+if coordinator != "none":
+  sharding.maybe_initialize(coordinator_address=coordinator, num_processes=int(num_processes),
+                            process_id=int(process_id))
+rng = np.random.default_rng(0)
+centres = rng.normal(size=(9, 8))
+def side(n, low):
+  pid = rng.integers(low, 9, n)
+  f = centres[np.maximum(pid, 0)] + 0.9 * rng.normal(size=(n, 8))
+  return records.Records(pid, rng.integers(0, 3, n), rng.integers(0, 3000, n),
+                         scoring.l2_normalise_features(f.astype(np.float32)))
+query, gallery = side(13, 1), side(60, -1)   # 73 items: odd, so the last block is padded
+table = rng.uniform(size=(3, 3, 40)).astype(np.float32)
+table /= table.sum(axis=2, keepdims=True)
+kw = dict(bin_width=100, fusion=scoring.FusionParams(), methods=%(methods)r,
+          rerank=evaluate.RerankParams(6, 3, 0.3), budget_elements=%(budget)d)
+out = {"devices": jax.device_count()}
+ranks = evaluate.method_ranks(query, gallery, table, mesh=sharding.make_mesh(), **kw)
+out["all"] = {k: v.tolist() for k, v in ranks.items()}
+if jax.process_index() == 0:
+  one = jax.make_mesh((1,), ("data",), devices=jax.local_devices()[:1])
+  out["one"] = {k: v.tolist() for k, v in evaluate.method_ranks(query, gallery, table, mesh=one, **kw).items()}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _child(methods, budget, *args, env=None):
+  code = _CHILD % dict(methods=tuple(methods), budget=budget)
+  return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc, timeout=600):
+  out, err = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, err[-3000:]
+  return json.loads([l for l in out.splitlines() if l.startswith("RESULT ")][-1][7:])
+
+
+@pytest.mark.parametrize("methods, budget", [(ALL, 200), (("visual", "st"), 40)])
+def test_two_devices_equal_one_device(methods, budget):
+  # budget 40 with 30 columns per device: 8 queries per chunk < 128, so the gallery
+  # columns are tiled (two sweeps) on top of the split over devices.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  found = _result(_child(methods, budget, "none", "1", "0", env=env))
+  assert found["devices"] == 2
+  assert found["all"] == found["one"]
+  assert set(found["all"]) == set(methods)
+
+
+def test_two_processes_equal_one_process():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  port = 21000 + os.getpid() % 20000
+  procs = [_child(ALL, 200, f"localhost:{port}", "2", str(i), env=env) for i in range(2)]
+  first, second = [_result(p) for p in procs]
+  assert first["devices"] == 2
+  assert first["all"] == second["all"] == first["one"]
+
+
+def _tiny(seed=0, Q=6, G=20):
+  rng = np.random.default_rng(seed)
+  make = lambda n: records.Records(rng.integers(1, 4, n), rng.integers(0, 2, n),
+                                   rng.integers(0, 500, n),
+                                   scoring.l2_normalise_features(rng.normal(size=(n, 4)).astype(np.float32)))
+  return make(Q), make(G)
+
+
+def test_registry_and_bad_requests():
+  assert set(evaluate.METHODS) == set(ALL)
+  q, g = _tiny()
+  with pytest.raises(ValueError, match=r"unknown evaluation methods \['nope'\]"):
+    evaluate.evaluate(q, g, None, bin_width=100, methods=["nope"])
+  with pytest.raises(ValueError, match="need an ST table"):
+    evaluate.evaluate(q, g, None, bin_width=100, methods=["visual", "st_rerank"])
+  with pytest.raises(ValueError, match="the gallery is empty"):
+    evaluate.evaluate(q, g.select(np.zeros(len(g), bool)), None, bin_width=100,
+                      methods=["visual"])
+  with pytest.raises(ValueError, match="4 dims but gallery features 3"):
+    evaluate.evaluate(q, g.with_features(g.features[:, :3]), None, bin_width=100,
+                      methods=["visual"])
+
+
+def test_hand_case_through_evaluate():
+  # 1 query (id 1, camera 0) at angle 0; gallery items at angles 0.9 (id 2), 0.5 (id 1,
+  # camera 1: good), 0.1 (id 2: a negative), 0.3 (id 1, camera 0: junk). Score order
+  # 2, 3, 1, 0; after junk removal 2, 1, 0: the good item is at rank 1.
+  angle = np.array([0.0, 0.9, 0.5, 0.1, 0.3])
+  f = np.stack([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
+  q = records.Records(np.array([1]), np.array([0]), np.array([0]), f[:1])
+  g = records.Records(np.array([2, 1, 2, 1]), np.array([0, 1, 1, 0]), np.zeros(4, int), f[1:])
+  ranks = evaluate.method_ranks(q, g, None, bin_width=100, fusion=scoring.FusionParams(),
+                                methods=["visual"])["visual"]
+  assert ranks.tolist() == [[1, 2**31 - 1]]  # id 1 has 2 gallery images: one column pads
+  m = evaluate.evaluate(q, g, None, bin_width=100, methods=["visual"], max_rank=3)["visual"]
+  assert m.cmc.tolist() == [0.0, 1.0, 1.0]
+  # Trapezoid AP: (previous precision 0/1 + precision 1/2) / 2.
+  assert m.mAP == 0.25 and m.mAP_plain == 0.5 and m.num_valid_queries == 1
