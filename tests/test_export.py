@@ -3,13 +3,14 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from jreid import export
 from jreid import features as features_lib
 from jreid import scoring
-from jreid import train as train_lib
+from jreid import sharding
 from jreid.models import heads
 from jreid.models import resnet
 
@@ -45,11 +46,10 @@ def _extraction(model, images_uint8):
   assert tuple(data_pipeline.IMAGENET_MEAN) == MEAN and tuple(data_pipeline.IMAGENET_STD) == STD
   x = np.stack([data_pipeline._normalise(data_pipeline._resize(im, SIZE)).numpy()
                 for im in images_uint8])
-  mesh = train_lib.make_mesh()
-  graphdef, state = nnx.split((model, nnx.Optimizer(model, __import__("optax").sgd(0.1),
-                                                    wrt=nnx.Param)))
-  step = features_lib.make_extract_step(graphdef, mesh, train_lib.data_sharding(mesh),
-                                        train_lib.replicated(mesh))
+  mesh = sharding.make_mesh()
+  optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+  graphdef, state = nnx.split({"model": model, "optimizer": optimizer})
+  step = features_lib.make_extract_step(graphdef, mesh)
   f = np.array(step(state, jnp.asarray(x)))
   return scoring.l2_normalise_features(f.reshape(len(f), -1), f.shape[1])
 
