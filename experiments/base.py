@@ -89,19 +89,27 @@ def training_config() -> ml_collections.ConfigDict:
   config.augment.erase_probability = 0.5
   config.augment.erase_area = (0.02, 0.4)
   config.augment.erase_min_aspect = 0.3
+  config.augment.pad = 0          # pad-and-crop: pixels of black padding, then a random crop (0: off)
 
   config.model = ml_collections.ConfigDict()
   config.model.depth = 50
   config.model.width = 64
   config.model.stage_blocks = ()  # () = the depth's; e.g. (1, 1, 1, 1) for tiny models
   config.model.last_stride = 1
+  config.model.head = "pcb"       # a key of jreid.models.heads.HEADS: "pcb" or "bnneck"
   config.model.parts = 6          # PCB; 1 = global pooling (features are normalised per part)
   config.model.bottleneck = 256
   config.model.dropout = 0.5
   config.model.dtype = "float32"  # or "bfloat16" (parameters stay float32)
   config.model.imagenet = ""      # torchvision/timm ResNet .safetensors or .npz
 
+  config.loss = ml_collections.ConfigDict()
+  config.loss.label_smoothing = 0.0   # epsilon of the cross-entropy's smoothed target
+  config.loss.triplet_weight = 0.0    # x batch-hard triplet loss (0: off)
+  config.loss.margin = 0.3            # triplet margin, Euclidean distance units
+
   config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "sgd"   # or "adam" (coupled L2 weight decay, as torch.optim.Adam)
   config.optimizer.lr = 0.01      # backbone
   config.optimizer.head_lr_multiplier = 10.0
   config.optimizer.momentum = 0.9
@@ -110,6 +118,9 @@ def training_config() -> ml_collections.ConfigDict:
   config.optimizer.decay_epochs = (40,)
   config.optimizer.decay = 0.1
   config.optimizer.warmup_epochs = 0.0
+  config.optimizer.adam_b1 = 0.9
+  config.optimizer.adam_b2 = 0.999
+  config.optimizer.adam_eps = 1e-8
 
   config.eval.batch_size = 128    # extraction batch (global)
 

@@ -3,6 +3,7 @@
 * ``train_and_evaluate``: data -> train -> extract -> fit ST -> evaluate -> pictures.
 * ``evaluate_features``: a features file + a folder of training names -> fit ST ->
   evaluate (no training, no TensorFlow).
+* ``export``: a trained workdir -> ONNX and jax.export files of the visual model.
 * ``search``: tracks tables (any camera network) + features (a file, or extracted by
   a trained workdir) -> ST model -> top-k of every query (``rank_lists.json``).
 * ``extract``: features of a tracks table's or an image folder's images by a trained
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -203,15 +204,12 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary
 
 
-def extract_images(config: ml_collections.ConfigDict, query: records_lib.Records,
-                   gallery: records_lib.Records) -> tuple[records_lib.Records, records_lib.Records]:
-  """query and gallery (``names``: image paths) with the normalised features of the model
-  trained in ``config.trained_workdir`` (its latest checkpoint and the training settings
-  of its ``stages/train.json``), extracted as the training job does, sharded over devices."""
-  from jreid import features as features_lib  # pylint: disable=g-import-not-at-top
+def restore_trained(trained_dir: str, mesh) -> tuple[ml_collections.ConfigDict, Any, Any, int]:
+  """A trained workdir's training settings (its ``stages/train.json``) and latest checkpoint.
+
+  Returns (the training config sections, graphdef, replicated state, checkpoint step).
+  """
   from jreid import train as train_lib  # pylint: disable=g-import-not-at-top
-  from jreid.data import image_files  # pylint: disable=g-import-not-at-top  (TensorFlow)
-  trained_dir = config.trained_workdir
   stamp = stages.read_stamp(trained_dir, "train")
   if not stamp or "sections" not in stamp:
     raise errors.InputError(f"{trained_dir}: no stages/train.json; expected the workdir of a "
@@ -227,11 +225,25 @@ def extract_images(config: ml_collections.ConfigDict, query: records_lib.Records
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   saved = ocp.StandardCheckpointer().metadata(files.join(str(mngr.directory), str(step),
                                                          "default"))
-  saved = getattr(saved, "item_metadata", saved)
-  num_classes = int(saved["model"]["head"]["bias2"].shape[-1])
-  mesh = sharding.make_mesh()
+  head = getattr(saved, "item_metadata", saved)["model"]["head"]
+  # PCB: head.bias2 [P, classes]; BNNeck: head.classifier.kernel [C, classes].
+  num_classes = int((head["classifier"]["kernel"] if "classifier" in head
+                     else head["bias2"]).shape[-1])
   graphdef, state = train_lib.create_train_state(trained, num_classes, steps_per_epoch=1)
   state, step = train_lib.restore_or_init(mngr, state, mesh)
+  return trained, graphdef, state, step
+
+
+def extract_images(config: ml_collections.ConfigDict, query: records_lib.Records,
+                   gallery: records_lib.Records) -> tuple[records_lib.Records, records_lib.Records]:
+  """query and gallery (``names``: image paths) with the normalised features of the model
+  trained in ``config.trained_workdir`` (its latest checkpoint and the training settings
+  of its ``stages/train.json``), extracted as the training job does, sharded over devices."""
+  from jreid import features as features_lib  # pylint: disable=g-import-not-at-top
+  from jreid.data import image_files  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  trained_dir = config.trained_workdir
+  mesh = sharding.make_mesh()
+  trained, graphdef, state, step = restore_trained(trained_dir, mesh)
   logging.info("extract: the model of %s (step %d)", trained_dir, step)
   extract_step = features_lib.make_extract_step(graphdef, mesh, tuple(trained.data.image_size))
   out = []
@@ -276,11 +288,26 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
               dims=int(query.features.shape[1]))
 
 
+def export(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The trained visual model of a workdir as ONNX and jax.export files (``jreid.export``)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from jreid import export as export_lib  # pylint: disable=g-import-not-at-top  (onnx)
+  del config  # the model and its input size are the training run's (stages/train.json)
+  trained, graphdef, state, step = restore_trained(workdir, sharding.make_mesh())
+  model = nnx.merge(graphdef, jax.device_get(state))["model"]
+  info = export_lib.write_exports(model, tuple(trained.data.image_size),
+                                  files.join(workdir, "export"), step)
+  logging.info("export: %s and %s (checkpoint step %d): input %s, output %s", info["onnx"],
+               info["jax_export"], info["step"], info["input"], info["output"])
+  return info
+
+
 JOBS: dict[str, Callable[[ml_collections.ConfigDict, str], dict]] = {
     "train_and_evaluate": train_and_evaluate,
     "evaluate_features": evaluate_features,
     "search": search,
     "extract": extract,
+    "export": export,
 }
 
 

@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jreid import augment
+from jreid import losses
 from jreid import progress
 from jreid import sharding
 from jreid.models import convert
@@ -40,7 +41,7 @@ def model_config(config: ml_collections.ConfigDict) -> heads.ModelConfig:
           depth=m.depth, last_stride=m.last_stride, width=m.width,
           stage_blocks=tuple(m.stage_blocks) if m.stage_blocks else None,
           dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32),
-      parts=m.parts, bottleneck=m.bottleneck, dropout=m.dropout)
+      head=m.head, parts=m.parts, bottleneck=m.bottleneck, dropout=m.dropout)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> heads.ReIDModel:
@@ -72,14 +73,22 @@ def param_labels(params) -> Any:
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
                    ) -> optax.GradientTransformation:
-  """SGD, momentum 0.9, Nesterov, weight decay; heads at lr x head_lr_multiplier."""
+  """config.optimizer.name: "sgd" (momentum, Nesterov) or "adam"; heads at lr x head_lr_multiplier.
+
+  Both add weight_decay x parameters to the gradient first (coupled L2, as
+  torch.optim.SGD/Adam) and follow ``learning_rate`` (warm-up, step decay).
+  """
   o = config.optimizer
-  def sgd(lr):
-    return optax.chain(
-        optax.add_decayed_weights(o.weight_decay),
-        optax.sgd(learning_rate(lr, steps_per_epoch, o.decay_epochs, o.decay, o.warmup_epochs),
-                  momentum=o.momentum, nesterov=o.nesterov))
-  return optax.multi_transform({"backbone": sgd(o.lr), "head": sgd(o.lr * o.head_lr_multiplier)},
+  if o.name not in ("sgd", "adam"):
+    raise ValueError(f"optimizer.name must be 'sgd' or 'adam', got {o.name!r}")
+  def make(lr):
+    schedule = learning_rate(lr, steps_per_epoch, o.decay_epochs, o.decay, o.warmup_epochs)
+    if o.name == "adam":
+      step = optax.adam(schedule, b1=o.adam_b1, b2=o.adam_b2, eps=o.adam_eps)
+    else:
+      step = optax.sgd(schedule, momentum=o.momentum, nesterov=o.nesterov)
+    return optax.chain(optax.add_decayed_weights(o.weight_decay), step)
+  return optax.multi_transform({"backbone": make(o.lr), "head": make(o.lr * o.head_lr_multiplier)},
                                param_labels)
 
 
@@ -96,8 +105,8 @@ def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
 
 
 def make_train_step(graphdef, mesh, seed: int, image_size: tuple[int, int],
-                    augment_params: augment.AugmentParams = augment.AugmentParams()
-                    ) -> Callable:
+                    augment_params: augment.AugmentParams = augment.AugmentParams(),
+                    loss: dict | None = None, crop_pad: int = 0) -> Callable:
   """jit(state, batch, step) -> (state, metrics); batch sharded, state replicated.
 
   batch: {"image": uint8 [B, h, w, 3] at the transfer size, "label": int32 [B]};
@@ -105,9 +114,14 @@ def make_train_step(graphdef, mesh, seed: int, image_size: tuple[int, int],
   and erased on the device in the model's compute dtype (``augment.train_input``),
   with draws from (seed, step, position in the global batch). A float "image"
   [B, H, W, 3] is taken as ready model input (benchmarks: the step without input work).
+  crop_pad: on-device pad-and-crop after that (``augment.random_pad_crop``; padding 0 is the mean
+  colour after normalisation), 0: off. loss: keyword arguments of
+  ``losses.reid_loss`` (label_smoothing, triplet_weight, margin; none: the
+  reference's PCB loss).
   """
   base_key = jax.random.key(seed)
   size = tuple(image_size)
+  loss = dict(loss or {})
 
   def step_fn(state, batch, step):
     merged = nnx.merge(graphdef, state)
@@ -119,15 +133,17 @@ def make_train_step(graphdef, mesh, seed: int, image_size: tuple[int, int],
       images = augment.train_input(images, draws, size, augment_params,
                                    model.config.backbone.dtype)
 
-    def loss_fn(model):
-      logits, _ = model(images, rngs=nnx.Rngs(dropout=key))
-      losses = heads.part_losses(logits, batch["label"])
-      return losses.sum(), logits
+    images = augment.random_pad_crop(images, jax.random.fold_in(key, 1), crop_pad)
 
-    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    def loss_fn(model):
+      logits, embeddings = model(images, rngs=nnx.Rngs(dropout=key))
+      total, terms = losses.reid_loss(logits, embeddings, batch["label"], **loss)
+      return total, (logits, terms)
+
+    (total, (logits, terms)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
     accuracy = jnp.mean(jnp.argmax(logits.sum(axis=1), axis=-1) == batch["label"])
-    return nnx.state(merged), {"loss": loss, "accuracy": accuracy}
+    return nnx.state(merged), {"loss": total, "accuracy": accuracy, **terms}
 
   repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
   return jax.jit(step_fn, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
@@ -234,7 +250,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches: Callable[[in
                             augment.AugmentParams(flip=a.flip,
                                                   erase_probability=a.erase_probability,
                                                   erase_area=tuple(a.erase_area),
-                                                  erase_min_aspect=a.erase_min_aspect))
+                                                  erase_min_aspect=a.erase_min_aspect),
+                            loss=config.loss.to_dict(), crop_pad=a.pad)
   writer = progress.MetricWriter(os.path.join(workdir, "tensorboard"))
   batch_sharding = sharding.data_sharding(mesh)
   it = batches(start)

@@ -15,6 +15,7 @@ import ml_collections
 from jreid import errors
 from jreid import evaluate as evaluation
 from jreid import stages
+from jreid.models import heads
 
 _DEPTHS = (0, 18, 34, 50)
 
@@ -116,6 +117,16 @@ def _training_job(config: ml_collections.ConfigDict, device_count: int, process_
     problems.append(f"model.depth={m.depth!r}: expected 18, 34 or 50 (or 0 with "
                     f"model.stage_blocks)")
   _number(problems, "model.parts", m.parts, 1, integer=True)
+  if m.head not in heads.HEADS:
+    problems.append(f"model.head={m.head!r}: expected one of {tuple(heads.HEADS)}")
+  elif m.head == "bnneck" and m.parts != 1:
+    problems.append(f"model.parts={m.parts!r}: expected 1 with model.head='bnneck'")
+  if config.optimizer.name not in ("sgd", "adam"):
+    problems.append(f"optimizer.name={config.optimizer.name!r}: expected 'sgd' or 'adam'")
+  _number(problems, "loss.label_smoothing", config.loss.label_smoothing, 0, 1)
+  _number(problems, "loss.triplet_weight", config.loss.triplet_weight, 0)
+  _number(problems, "loss.margin", config.loss.margin, 0)
+  _number(problems, "augment.pad", config.augment.pad, 0, integer=True)
   _number(problems, "model.dropout", m.dropout, 0, 1)
   a = config.augment
   _number(problems, "augment.erase_probability", a.erase_probability, 0, 1)

@@ -1,4 +1,4 @@
-"""ResNet/PCB model: shapes, part pooling, heads, ImageNet conversion."""
+"""ResNet/PCB/BNNeck model: shapes, part pooling, heads, ImageNet conversion."""
 
 import json
 import struct
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jreid import losses
 from jreid.models import convert
 from jreid.models import heads
 from jreid.models import resnet
@@ -48,16 +49,57 @@ def test_pcb_model_outputs_and_loss():
   logits, feats = nnx.jit(lambda m, x: m(x, rngs=nnx.Rngs(dropout=1)))(
       model, jnp.ones((3, 96, 48, 3)))
   assert logits.shape == (3, 6, 5) and feats.shape == (3, 6, TINY.out_channels)
-  losses = heads.part_losses(logits, jnp.array([0, 1, 4]))
-  assert losses.shape == (6,)
+  part = losses.part_losses(logits, jnp.array([0, 1, 4]))
+  assert part.shape == (6,)
   logp = jax.nn.log_softmax(logits, -1)
-  np.testing.assert_allclose(losses[2], -(logp[0, 2, 0] + logp[1, 2, 1] + logp[2, 2, 4]) / 3,
+  np.testing.assert_allclose(part[2], -(logp[0, 2, 0] + logp[1, 2, 1] + logp[2, 2, 4]) / 3,
                              rtol=1e-6)
   # Eval mode: deterministic, no rngs needed.
   model.eval()
   forward = nnx.jit(lambda m, x: m(x)[0])
   np.testing.assert_array_equal(forward(model, jnp.ones((1, 96, 48, 3))),
                                 forward(model, jnp.ones((1, 96, 48, 3))))
+
+
+def test_bnneck_head_features_and_parameters():
+  cfg = heads.ModelConfig(backbone=TINY, head="bnneck", parts=1)
+  model = heads.ReIDModel(cfg, num_classes=5, rngs=nnx.Rngs(0))
+  c = TINY.out_channels
+  # No BN shift, no classifier bias (Luo et al.): BN scale [C] and kernel [C, 5] only.
+  head_params = {"/".join(map(str, p)): v.shape
+                 for p, v in nnx.to_flat_state(nnx.state(model.head, nnx.Param))}
+  assert head_params == {"bn/scale": (c,), "classifier/kernel": (c, 5)}
+  x = jax.random.normal(jax.random.key(0), (4, 64, 32, 3))
+  logits, pooled = nnx.jit(lambda m, x: m(x))(model, x)
+  assert logits.shape == (4, 1, 5) and pooled.shape == (4, 1, c)
+  # The triplet feature is the global average of the feature map.
+  fmap = nnx.jit(lambda m, x: m.backbone(x))(model, x)
+  np.testing.assert_allclose(pooled[:, 0], np.asarray(fmap).mean(axis=(1, 2)), rtol=1e-5,
+                             atol=1e-6)
+  # Eval: retrieval is the BN feature with running statistics, (f - mean) / sqrt(var + eps) * s.
+  model.eval()
+  bn = model.head.bn
+  bn.mean.set_value(jnp.linspace(-1, 1, c))
+  bn.var.set_value(jnp.linspace(0.5, 2, c))
+  bn.scale.set_value(jnp.linspace(1, 3, c))
+  feats = nnx.jit(lambda m, x: m.features(x))(model, x)
+  fmap = nnx.jit(lambda m, x: m.backbone(x))(model, x)
+  f = np.asarray(fmap).mean(axis=(1, 2))
+  expected = (f - np.linspace(-1, 1, c)) / np.sqrt(np.linspace(0.5, 2, c) + 1e-5) \
+      * np.linspace(1, 3, c)
+  np.testing.assert_allclose(feats[:, 0], expected, rtol=1e-4, atol=1e-5)
+  logits = nnx.jit(lambda m, x: m(x)[0])(model, x)
+  np.testing.assert_allclose(logits[:, 0], expected @ np.asarray(model.head.classifier.kernel[...]),
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_heads_registry_and_errors():
+  assert set(heads.HEADS) == {"pcb", "bnneck"}
+  with pytest.raises(ValueError, match="model head must be one of"):
+    heads.ReIDModel(heads.ModelConfig(backbone=TINY, head="nope"), 3, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="parts must be 1, got 6"):
+    heads.ReIDModel(heads.ModelConfig(backbone=TINY, head="bnneck", parts=6), 3,
+                    rngs=nnx.Rngs(0))
 
 
 def test_bfloat16_compute_float32_params():

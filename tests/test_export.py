@@ -1,0 +1,137 @@
+"""Export: the ONNX graph (run by onnxruntime) and the jax.export artifact equal extraction."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jreid import export
+from jreid import features as features_lib
+from jreid import scoring
+from jreid import sharding
+from jreid.models import heads
+from jreid.models import resnet
+
+# experiments/tiny.py sizes: 32 x 16 images, width 4, one block per stage.
+SIZE = (32, 16)
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _trained_looking_model(head, parts, bottleneck_blocks=True):
+  """A tiny model whose BatchNorm statistics and affine terms are far from the init."""
+  backbone = resnet.BackboneConfig(depth=0, width=4, stage_blocks=(1, 1, 1, 1),
+                                   bottleneck=bottleneck_blocks)
+  model = heads.ReIDModel(heads.ModelConfig(backbone=backbone, head=head, parts=parts,
+                                            bottleneck=8), 5, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(1)
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.BatchStat)):
+    shape = var.get_value().shape
+    var.set_value(jnp.asarray(rng.normal(0, 0.1, shape) if path[-1] == "mean"
+                              else rng.uniform(0.5, 1.5, shape), jnp.float32))
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    shape = var.get_value().shape
+    if path[-1] == "scale":
+      var.set_value(jnp.asarray(rng.uniform(0.5, 1.5, shape), jnp.float32))
+    elif path[-1] == "bias" and path[0] == "backbone":
+      var.set_value(jnp.asarray(rng.uniform(0.0, 0.3, shape), jnp.float32))
+  model.eval()
+  return model
+
+
+def _extraction(model, images_uint8):
+  """jreid's extraction on the training pipeline's preprocessing of these images."""
+  from jreid.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
+  assert tuple(data_pipeline.IMAGENET_MEAN) == MEAN and tuple(data_pipeline.IMAGENET_STD) == STD
+  x = np.stack([data_pipeline._normalise(data_pipeline._resize(im, SIZE)).numpy()
+                for im in images_uint8])
+  mesh = sharding.make_mesh()
+  optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+  graphdef, state = nnx.split({"model": model, "optimizer": optimizer})
+  step = features_lib.make_extract_step(graphdef, mesh)
+  f = np.array(step(state, jnp.asarray(x)))
+  return scoring.l2_normalise_features(f.reshape(len(f), -1), f.shape[1])
+
+
+@pytest.mark.parametrize("head,parts,bottleneck_blocks",
+                         [("pcb", 2, True), ("bnneck", 1, True), ("pcb", 3, False)])
+def test_onnx_and_jax_export_equal_extraction(head, parts, bottleneck_blocks):
+  import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+  model = _trained_looking_model(head, parts, bottleneck_blocks)
+  images = np.random.default_rng(0).integers(0, 256, (5, *SIZE, 3), dtype=np.uint8)
+  expected = _extraction(model, images)
+  assert expected.shape == (5, parts * model.config.backbone.out_channels)
+  assert np.abs(expected[0] - expected[1]).max() > 1e-3  # the images give distinct features
+
+  session = ort.InferenceSession(export.export_onnx(model, SIZE, MEAN, STD),
+                                 providers=["CPUExecutionProvider"])
+  assert [i.name for i in session.get_inputs()] == ["images"]
+  for batch in (5, 2):  # the batch dimension is dynamic
+    got = session.run(None, {"images": images[:batch]})[0]
+    np.testing.assert_allclose(got, expected[:batch], rtol=1e-4, atol=1e-6)
+
+  call = export.load_jax_export(export.export_jax(model, SIZE, MEAN, STD))
+  for batch in (5, 1):
+    np.testing.assert_allclose(np.asarray(call(images[:batch])), expected[:batch], rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_wrong_input_shape_or_dtype_gives_clear_errors():
+  import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+  model = _trained_looking_model("bnneck", 1)
+  call = export.load_jax_export(export.export_jax(model, SIZE, MEAN, STD))
+  with pytest.raises(ValueError, match=r"images must be uint8 \[batch, 32, 16, 3\].*"
+                                       r"got uint8 \[2, 30, 16, 3\]"):
+    call(np.zeros((2, 30, 16, 3), np.uint8))
+  with pytest.raises(ValueError, match=r"got float32 \[2, 32, 16, 3\]"):
+    call(np.zeros((2, 32, 16, 3), np.float32))
+  session = ort.InferenceSession(export.export_onnx(model, SIZE, MEAN, STD),
+                                 providers=["CPUExecutionProvider"])
+  with pytest.raises(Exception, match=r"(?s)input: images.*index: 1 Got: 30 Expected: 32"):
+    session.run(None, {"images": np.zeros((2, 30, 16, 3), np.uint8)})
+
+
+def test_l2_normalise_parts_matches_scoring():
+  f = np.random.default_rng(2).normal(size=(4, 3, 5)).astype(np.float32)
+  f[1] = 0.0  # zero stays zero
+  np.testing.assert_allclose(export.l2_normalise_parts(jnp.asarray(f), 3),
+                             scoring.l2_normalise_features(f.reshape(4, 15).copy(), 3),
+                             rtol=1e-6, atol=1e-7)
+
+
+def test_export_job_on_a_trained_workdir_reproduces_its_features(tmp_path):
+  """main.py trains tiny, the export job writes both files; they give features.npz's rows."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+  from jreid import feature_files  # pylint: disable=g-import-not-at-top
+  from jreid.data import market1501  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  flags = ["--config.train.epochs=1", "--config.rerank.enabled=False",
+           "--config.eval.ranked_list_queries=0", "--config.model.head=bnneck",
+           "--config.model.parts=1", "--config.loss.triplet_weight=1.0"]
+  workdir = str(tmp_path / "run")
+  for command in (["--config=experiments/tiny.py", *flags], ["--config=experiments/export.py"]):
+    proc = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}", *command],
+                          cwd=root, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+  query, _, _ = feature_files.load_features(os.path.join(workdir, "features.npz"))
+  builder = market1501.prepare(os.path.join(workdir, "tfds"))
+  n = min(len(query), 6)
+  images = market1501.decoded_images(builder, "query", range(n))
+  images = np.stack([images[i] for i in range(n)])
+  assert images.shape[1:] == (*SIZE, 3)  # the tiny world is drawn at the trained size
+  session = ort.InferenceSession(os.path.join(workdir, "export", "model.onnx"),
+                                 providers=["CPUExecutionProvider"])
+  np.testing.assert_allclose(session.run(None, {"images": images})[0], query.features[:n],
+                             rtol=1e-4, atol=1e-5)
+  with open(os.path.join(workdir, "export", "model.jax_export"), "rb") as f:
+    call = export.load_jax_export(f.read())
+  np.testing.assert_allclose(np.asarray(call(images)), query.features[:n], rtol=1e-4, atol=1e-5)
+  # Without a checkpoint, the job says so in one line.
+  proc = subprocess.run([sys.executable, "main.py", f"--workdir={tmp_path / 'empty'}",
+                         "--config=experiments/export.py"], cwd=root, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode != 0 and "no stages/train.json" in proc.stderr, proc.stderr[-2000:]
