@@ -4,7 +4,7 @@
     --config.manual_dir=/data/market
 
 bfloat16 compute, global batch 32 per GPU (128 on 4 GPUs by default; set
---config.batch_size to 32 x your GPU count), learning rates scaled linearly with the
+--config.train.batch_size to 32 x your GPU count), learning rates scaled linearly with the
 global batch from the reference's batch 32, 2-epoch warm-up.
 """
 

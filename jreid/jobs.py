@@ -220,16 +220,11 @@ def restore_trained(trained_dir: str, mesh) -> tuple[ml_collections.ConfigDict, 
   step = mngr.latest_step()
   if step is None:
     raise errors.InputError(f"{trained_dir}: no checkpoint; expected a trained workdir")
-  # The classes of the trained head, from the checkpoint's metadata. TODO(lead): move into
-  # jreid/train.py (the module that knows checkpoints) or record it in stages/train.json.
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  saved = ocp.StandardCheckpointer().metadata(files.join(str(mngr.directory), str(step),
-                                                         "default"))
-  head = getattr(saved, "item_metadata", saved)["model"]["head"]
-  # PCB: head.bias2 [P, classes]; BNNeck: head.classifier.kernel [C, classes].
-  num_classes = int((head["classifier"]["kernel"] if "classifier" in head
-                     else head["bias2"]).shape[-1])
-  graphdef, state = train_lib.create_train_state(trained, num_classes, steps_per_epoch=1)
+  if "num_classes" not in stamp:
+    raise errors.InputError(f"{trained_dir}: stages/train.json lacks num_classes (written by "
+                            f"an older jreid): train again in a new workdir")
+  graphdef, state = train_lib.create_train_state(trained, int(stamp["num_classes"]),
+                                                 steps_per_epoch=1)
   state, step = train_lib.restore_or_init(mngr, state, mesh)
   return trained, graphdef, state, step
 

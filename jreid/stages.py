@@ -257,8 +257,10 @@ def train(config, workdir: str, builder, data_digest: str, mesh):
   logging.info("train split: %d identities, %d images in this process (shards %s of %d), "
                "%d steps per epoch", data.num_classes, data.num_images, data.shards,
                data.num_shards, data.steps_per_epoch)
-  write_stamp(workdir, "train", wanted, sections=json.loads(json.dumps(
-      {k: config[k].to_dict() for k in TRAINING_SECTIONS if k in config}, default=str)))
+  write_stamp(workdir, "train", wanted, num_classes=data.num_classes,
+              sections=json.loads(json.dumps(
+                  {k: config[k].to_dict() for k in TRAINING_SECTIONS if k in config},
+                  default=str)))
   return train_lib.train(config, workdir, data.batches, data.num_classes,
                          data.steps_per_epoch, mesh)
 

@@ -193,6 +193,8 @@ class TrainData:
     """Rows of ``shard`` in epoch order, steps_per_epoch x shard_batch of them."""
     if (shard, epoch) not in self._orders:
       b = self.shard_batch
+      # One order stream per shard: 7919 (a prime larger than any shard count) keeps the
+      # (seed, shard) pairs apart, so two seeds never share a shard's order.
       order = epoch_order(self.labels[shard], self.seed * 7919 + shard, epoch, self.sampler,
                           self.ids_per_batch, self.images_per_id,
                           b if self.sampler == "pk" else 0)

@@ -47,6 +47,7 @@ class PartClassifiers(nnx.Module):
     self.kernel1 = nnx.Param(kaiming(rngs.params(), (parts, in_features, bottleneck)))
     self.bias1 = nnx.Param(jnp.zeros((parts, bottleneck)))
     self.bn = nnx.BatchNorm(parts * bottleneck, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                            # The reference's ClassBlock initialises BatchNorm1d weights N(1, 0.02).
                             scale_init=lambda k, s, d=jnp.float32: 1.0 + 0.02 * jax.random.normal(k, s, d),
                             rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
