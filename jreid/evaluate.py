@@ -611,23 +611,3 @@ def evaluate(query: Records, gallery: Records, st_table: np.ndarray | None, *,
                        methods=methods, rerank=rerank, budget_elements=budget_elements,
                        mesh=mesh)
   return {m: metrics.retrieval_metrics(r, max_rank) for m, r in ranks.items()}
-
-
-def top_k_gallery(query: Records, gallery: Records, st_table: np.ndarray | None, k: int = 10,
-                  bin_width: int = 100, fusion: scoring.FusionParams = scoring.FusionParams()
-                  ) -> np.ndarray:
-  """int [Q, k]: the best k gallery indices per query after junk removal (joint score if
-  st_table is given, else visual). For ranked-list pictures of a few queries."""
-  good, junk = match_lists(query.person_ids, query.cameras, gallery.person_ids, gallery.cameras)
-  del good
-  scores = scoring.fused_scores(
-      scoring.cosine_scores(jnp.asarray(query.features), jnp.asarray(gallery.features)),
-      None if st_table is None else jnp.asarray(st_table, jnp.float32), bin_width, fusion,
-      jnp.asarray(query.cameras, jnp.int32), jnp.asarray(query.times, jnp.int32),
-      jnp.asarray(gallery.cameras, jnp.int32), jnp.asarray(gallery.times, jnp.int32))
-  scores = np.array(scores)
-  scores[:, gallery.person_ids == -1] = -np.inf
-  rows = np.repeat(np.arange(len(query)), junk.shape[1])
-  cols = junk.reshape(-1)
-  scores[rows[cols >= 0], cols[cols >= 0]] = -np.inf
-  return np.argsort(-scores, axis=1, kind="stable")[:, :k]

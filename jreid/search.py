@@ -61,7 +61,7 @@ class SearchResult:
 
 @functools.partial(jax.jit, static_argnames=("k", "bin_width", "fusion"))
 def _chunk_top_k(query_features, query_cameras, query_times, gallery_features,
-                 gallery_cameras, gallery_times, table, *, k, bin_width, fusion):
+                 gallery_cameras, gallery_times, table, left_out, *, k, bin_width, fusion):
   """Top-k of a query chunk against the whole gallery.
 
   Args:
@@ -69,20 +69,27 @@ def _chunk_top_k(query_features, query_cameras, query_times, gallery_features,
       (0-based cameras, ticks).
     gallery_features: float32 [G, D]; gallery_cameras, gallery_times: int32 [G].
     table: float32 [C, C, H] ST table, or None for visual-only ranking.
+    left_out: None, or (query ids int32 [B], gallery ids int32 [G]): leave out the
+      Market-1501 protocol's junk (gallery id -1; same id and same camera).
     k: results per query (static); bin_width: ticks per bin (static).
   Returns:
     (index int32 [B, k], visual [B, k], st probability [B, k], joint [B, k],
     pairs beyond the last bin int32 [B]); the last three are zeros without a table.
   """
   visual = scoring.cosine_scores(query_features, gallery_features)
+  junk = None
+  if left_out is not None:
+    query_ids, gallery_ids = left_out
+    junk = (gallery_ids[None, :] == -1) | ((gallery_ids[None, :] == query_ids[:, None])
+                                          & (gallery_cameras[None, :] == query_cameras[:, None]))
   if table is None:
-    top, index = jax.lax.top_k(visual, k)
+    top, index = jax.lax.top_k(visual if junk is None else jnp.where(junk, -jnp.inf, visual), k)
     zeros = jnp.zeros_like(top)
     return index, top, zeros, zeros, jnp.zeros(visual.shape[0], jnp.int32)
   prob = scoring.st_probabilities(table, bin_width, query_cameras, query_times,
                                   gallery_cameras, gallery_times)
   joint = scoring.joint_scores(visual, prob, fusion)
-  top, index = jax.lax.top_k(joint, k)
+  top, index = jax.lax.top_k(joint if junk is None else jnp.where(junk, -jnp.inf, joint), k)
   take = lambda x: jnp.take_along_axis(x, index, axis=1)
   C, _, H = table.shape
   qc, gc = query_cameras[:, None], gallery_cameras[None, :]
@@ -93,8 +100,8 @@ def _chunk_top_k(query_features, query_cameras, query_times, gallery_features,
 
 def top_k(query: Records, gallery: Records, st_model: st_lib.STModel | None = None,
           fusion: scoring.FusionParams = scoring.FusionParams(), k: int = 10,
-          chunk_elements: int = 1 << 22, progress: Callable[[int], Any] | None = None
-          ) -> SearchResult:
+          chunk_elements: int = 1 << 22, progress: Callable[[int], Any] | None = None,
+          leave_out_junk: bool = False) -> SearchResult:
   """The k best gallery detections of every query (joint score with an ST model, else visual).
 
   Args:
@@ -106,6 +113,9 @@ def top_k(query: Records, gallery: Records, st_model: st_lib.STModel | None = No
     k: results per query (at most the gallery size).
     chunk_elements: memory budget, in elements of a [chunk, G] score matrix.
     progress: called with the number of queries done after each chunk.
+    leave_out_junk: rank as the Market-1501 protocol does (labelled records): gallery
+      items with id -1, and those of the query's id in the query's camera, never
+      appear (then at most G - that many results are real; the rest score -inf).
   Returns:
     The ``SearchResult``; ties go to the lower gallery index.
   """
@@ -130,6 +140,7 @@ def top_k(query: Records, gallery: Records, st_model: st_lib.STModel | None = No
   gallery_cameras = jnp.asarray(gallery.cameras, jnp.int32)
   gallery_times = jnp.asarray(gallery.times, jnp.int32)
   table = None if st_model is None else jnp.asarray(st_model.table, jnp.float32)
+  gallery_ids = jnp.asarray(gallery.person_ids, jnp.int32) if leave_out_junk else None
   bin_width = 1 if st_model is None else int(st_model.params.bin_width)
   out = [np.empty((Q, k), dt) for dt in (np.int64, np.float32, np.float32, np.float32)]
   beyond = 0
@@ -141,6 +152,8 @@ def top_k(query: Records, gallery: Records, st_model: st_lib.STModel | None = No
         jnp.asarray(rows(query.cameras, 0), jnp.int32),
         jnp.asarray(rows(query.times, 0), jnp.int32),
         gallery_features, gallery_cameras, gallery_times, table,
+        None if gallery_ids is None else (
+            jnp.asarray(rows(query.person_ids, -2), jnp.int32), gallery_ids),
         k=k, bin_width=bin_width, fusion=fusion)
     found = [np.asarray(x)[:stop - start] for x in found]
     for dst, src in zip(out, found[:4]):

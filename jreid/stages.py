@@ -406,7 +406,7 @@ def evaluate(query: records_lib.Records, gallery: records_lib.Records, st_model:
     plots.plot_cmc(curves, files.join(workdir, "cmc.png"))
     if rank_lists:
       found = search_lib.top_k(query, gallery, st_model, fusion_params(config), config.eval.top_k,
-                               config.eval.budget_elements)
+                               config.eval.budget_elements, leave_out_junk=True)
       search_lib.write_rank_lists(files.join(workdir, search_lib.RANK_LISTS_FILE),
                                   search_lib.rank_lists(found, query, gallery),
                                   time_unit="frames")
@@ -426,8 +426,8 @@ def pictures(config, builder, query: records_lib.Records, gallery: records_lib.R
     return
   picks = np.linspace(0, len(query) - 1, n).astype(int)
   q = query.select(picks)
-  top = evaluation.top_k_gallery(q, gallery, st_model.table, 10, st_model.params.bin_width,
-                                 fusion_params(config))
+  top = search_lib.top_k(q, gallery, st_model, fusion_params(config), 10,
+                         config.eval.budget_elements, leave_out_junk=True).index
   q_images = market1501.decoded_images(builder, "query", picks)
   g_images = market1501.decoded_images(builder, "gallery", np.unique(top))
   plots.plot_ranked_lists(

@@ -56,6 +56,24 @@ def test_top_k_equals_brute_force_argsort(with_st, chunk_elements):
   assert got.visual[0, 0] == got.visual[0, 1]
 
 
+@pytest.mark.parametrize("with_st", [True, False])
+def test_leave_out_junk_ranks_as_the_protocol(with_st):
+  """Gallery id -1 and the query's id in the query's camera never appear; the rest keep
+  the brute-force order."""
+  query, gallery, model = random_case(seed=3)
+  model = model if with_st else None
+  ids = gallery.person_ids.copy()
+  ids[[3, 20]] = -1
+  gallery = Records(ids, gallery.cameras, gallery.times, gallery.features, gallery.names)
+  got = search.top_k(query, gallery, model, FUSION, k=8, chunk_elements=150,
+                     leave_out_junk=True)
+  full = search.brute_force_top_k(query, gallery, model, FUSION, k=len(gallery))
+  for q in range(len(query)):
+    junk = (ids == -1) | ((ids == query.person_ids[q]) & (gallery.cameras == query.cameras[q]))
+    want = [j for j in full.index[q] if not junk[j]][:8]
+    assert got.index[q].tolist() == want
+
+
 def test_ties_go_to_the_lower_index():
   f = np.ones((5, 2), np.float32) / np.sqrt(2)
   gallery = Records(np.zeros(5, np.int64), np.zeros(5, np.int64), np.zeros(5, np.int64), f)
