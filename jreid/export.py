@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jreid import augment
 from jreid import files
 from jreid.models import heads
 from jreid.models import resnet
@@ -58,7 +59,7 @@ def serving_features(model: heads.ReIDModel, images: jax.Array, mean: Sequence[f
   """uint8 [B, H, W, 3] (RGB, 0..255) -> float32 [B, P * C] normalised features.
 
   The model must be in eval mode. mean, std: per-channel ImageNet statistics
-  of images scaled to [0, 1] (``jreid.data.pipeline.IMAGENET_MEAN``/``STD``).
+  of images scaled to [0, 1] (``jreid.augment.IMAGENET_MEAN``/``STD``).
   """
   x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) \
       / jnp.asarray(std, jnp.float32)
@@ -267,10 +268,9 @@ def write_exports(model: heads.ReIDModel, image_size: Sequence[int], out_dir: st
 
   Returns {"onnx": path, "jax_export": path, "step": step, "input": ..., "output": ...}.
   """
-  from jreid.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
   model.eval()
   size = tuple(image_size)
-  mean, std = data_pipeline.IMAGENET_MEAN, data_pipeline.IMAGENET_STD
+  mean, std = augment.IMAGENET_MEAN, augment.IMAGENET_STD
   files.makedirs(out_dir)
   paths = {"onnx": files.join(out_dir, ONNX_FILE),
            "jax_export": files.join(out_dir, JAX_EXPORT_FILE)}

@@ -42,15 +42,14 @@ def _trained_looking_model(head, parts, bottleneck_blocks=True):
 
 def _extraction(model, images_uint8):
   """jreid's extraction on the training pipeline's preprocessing of these images."""
-  from jreid.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
-  assert tuple(data_pipeline.IMAGENET_MEAN) == MEAN and tuple(data_pipeline.IMAGENET_STD) == STD
-  x = np.stack([data_pipeline._normalise(data_pipeline._resize(im, SIZE)).numpy()
-                for im in images_uint8])
+  from jreid import augment  # pylint: disable=g-import-not-at-top
+  assert tuple(augment.IMAGENET_MEAN) == MEAN and tuple(augment.IMAGENET_STD) == STD
   mesh = sharding.make_mesh()
   optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
   graphdef, state = nnx.split({"model": model, "optimizer": optimizer})
-  step = features_lib.make_extract_step(graphdef, mesh)
-  f = np.array(step(state, jnp.asarray(x)))
+  # uint8 at the trained size: the device resize is then the identity.
+  step = features_lib.make_extract_step(graphdef, mesh, SIZE)
+  f = np.array(step(state, jnp.asarray(images_uint8)))
   return scoring.l2_normalise_features(f.reshape(len(f), -1), f.shape[1])
 
 

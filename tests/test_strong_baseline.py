@@ -58,10 +58,11 @@ def test_one_strong_training_step_on_a_tiny_model():
   mesh = sharding.make_mesh()
   graphdef, state = train.create_train_state(config, num_classes=4, steps_per_epoch=10)
   state = jax.device_put(state, sharding.replicated(mesh))
-  step = train.make_train_step(graphdef, mesh, 0, loss=config.loss.to_dict(),
-                               crop_pad=config.augment.pad)
+  step = train.make_train_step(graphdef, mesh, 0, tuple(config.data.image_size),
+                               loss=config.loss.to_dict(), crop_pad=config.augment.pad)
   labels = np.repeat(np.arange(4), 2).astype(np.int32)
-  images = np.random.default_rng(0).normal(size=(8, 32, 16, 3)).astype(np.float32)
+  # uint8 boxes at the transfer size, augmented on the device (resize, flip, erase, crop).
+  images = np.random.default_rng(0).integers(0, 256, size=(8, 16, 8, 3), dtype=np.uint8)
   batch = sharding.to_global({"image": images, "label": labels},
                              sharding.data_sharding(mesh))
   _, metrics = step(state, batch, jnp.int32(0))
