@@ -168,10 +168,6 @@ def _host(x: jax.Array) -> np.ndarray:
   return np.asarray(x.addressable_data(0))
 
 
-def _pad_to(x: np.ndarray, rows: int, value) -> np.ndarray:
-  return records_lib.pad_rows(x, rows, value) if len(x) != rows else np.asarray(x)
-
-
 class _Columns(NamedTuple):
   """The items split over the mesh (columns of every score tile), padded to devices x L."""
   features: jax.Array   # float32 [devices L, D]
@@ -185,7 +181,7 @@ def _columns(place: _Placement, features, cameras, times, ranked, junk) -> tuple
   n = len(cameras)
   block = -(-n // place.devices)
   total = block * place.devices
-  pad = lambda x, v: _pad_to(x, total, v)
+  pad = lambda x, v: records_lib.pad_rows(x, total, v)
   if total != n:
     features = pad(np.asarray(features, np.float32), 0.0)
   cols = _Columns(place.shard_rows(np.asarray(features, np.float32)),
@@ -394,13 +390,13 @@ def _rerank_inputs(place, mesh, timer, kinds, items, num_queries, table, params,
   features, cameras, times, ranked, junk = items
   N = len(cameras)
   cols, block = _columns(place, features, cameras, times, ranked, junk)
-  item_valid = place.shard_rows(_pad_to(np.ones(N, bool), block * place.devices, False))
+  item_valid = place.shard_rows(records_lib.pad_rows(np.ones(N, bool), block * place.devices, False))
   k = min(N, params.k1 + 1)
   rows = records_lib.chunk_rows(N, block, budget_elements)
   neighbours = np.empty((len(kinds), N, k), np.int32)
   row_max = np.empty((len(kinds), N), np.float32)
-  row_f = lambda s, e: place.put(_pad_to(features[s:e], rows, 0.0))
-  row_i = lambda x, s, e: place.put(_pad_to(x[s:e], rows, 0))
+  row_f = lambda s, e: place.put(records_lib.pad_rows(features[s:e], rows, 0.0))
+  row_i = lambda x, s, e: place.put(records_lib.pad_rows(x[s:e], rows, 0))
   kernel = timer.compile("neighbour pass", _neighbour_kernel(
       mesh, kinds, k, block, bin_width, fusion), row_f(0, rows), row_i(cameras, 0, rows),
       row_i(times, 0, rows), cols, item_valid, table)
@@ -430,7 +426,7 @@ def _rerank_inputs(place, mesh, timer, kinds, items, num_queries, table, params,
   union_t = np.append(np.asarray(times, np.int32), 0)[union]
   pairs = _pair_kernel(mesh, kinds, block, bin_width, fusion)
   union_distances = np.empty((len(kinds),) + union.shape, np.float32)
-  p_pad = lambda x, s, e, v: place.put(_pad_to(x[s:e], pair_rows, v))
+  p_pad = lambda x, s, e, v: place.put(records_lib.pad_rows(x[s:e], pair_rows, v))
   p_args = lambda s, e: (p_pad(features, s, e, 0.0), p_pad(cameras, s, e, 0),
                          p_pad(times, s, e, 0), p_pad(union, s, e, N),
                          p_pad(union_c, s, e, 0), p_pad(union_t, s, e, 0))
@@ -556,8 +552,8 @@ def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, 
   q_cams, q_times = np.asarray(query.cameras, np.int32), np.asarray(query.times, np.int32)
 
   def args(s, e):
-    pad = lambda x, v: place.put(_pad_to(x[s:e], rows, v))
-    pad_k = lambda x, v: place.put(np.stack([_pad_to(y[s:e], rows, v) for y in x])
+    pad = lambda x, v: place.put(records_lib.pad_rows(x[s:e], rows, v))
+    pad_k = lambda x, v: place.put(np.stack([records_lib.pad_rows(y[s:e], rows, v) for y in x])
                                    if len(x) else np.zeros((0, rows) + x.shape[2:], x.dtype))
     return (pad(qf, 0.0), pad(q_cams, 0), pad(q_times, 0), pad(good, -1), pad(junk, -1),
             pad_k(q_row_max, 1.0), pad_k(q_index, num_items), pad_k(q_value, 0.0), cols,

@@ -51,18 +51,31 @@ def test_main_job_writes_results_and_pictures(tiny_run):
   np.testing.assert_allclose(np.linalg.norm(f["gallery_f"], axis=1), 1.0, rtol=1e-5)
 
 
+def _products(workdir):
+  """What the stages wrote: modification times of the products, the checkpoint steps."""
+  times = {f: os.stat(workdir / f).st_mtime_ns
+           for f in ("features.npz", "st_model.npz", "stages/train.json", "stages/extract.json")}
+  return times, sorted(int(s) for s in os.listdir(workdir / "checkpoints"))
+
+
 def test_second_run_reuses_every_stage(tiny_run, tmp_path):
   workdir, _ = tiny_run
   before = json.loads((workdir / "results.json").read_text())
-  proc = _main(workdir)
-  assert "features: reusing" in proc.stderr
-  assert "training:" not in proc.stderr
+  products, steps = _products(workdir)
+  digest = json.loads((workdir / "stages" / "train.json").read_text())["digest"]
+  _main(workdir)
+  # Nothing retrained, re-extracted or refitted; the same results.
+  assert _products(workdir) == (products, steps)
   assert json.loads((workdir / "results.json").read_text()) == before
-  # A training setting changed: training resumes (from its checkpoint) and features
-  # are extracted again; an evaluation setting alone does not retrain.
-  more = _main(workdir, "--config.train.epochs=3")
-  assert "training settings changed" in more.stderr and "training:" in more.stderr
-  assert "resumed from the checkpoint of step 16" in more.stderr  # 2 epochs x 8 steps
+  # More epochs: training continues from the last checkpoint (step 16 = 2 epochs x 8
+  # steps) to step 24, and features are extracted again; the ST model stays.
+  _main(workdir, "--config.train.epochs=3")
+  more, more_steps = _products(workdir)
+  assert more_steps[-1] == 24 and 16 in steps and steps[-1] == 16
+  assert json.loads((workdir / "stages" / "extract.json").read_text())["step"] == 24
+  assert more["features.npz"] != products["features.npz"]
+  assert more["st_model.npz"] == products["st_model.npz"]
+  assert json.loads((workdir / "stages" / "train.json").read_text())["digest"] == digest
   # Settings that shape the model: the old checkpoints are not reused, and nothing of
   # the workdir is overwritten.
   after = json.loads((workdir / "results.json").read_text())
@@ -72,6 +85,7 @@ def test_second_run_reuses_every_stage(tiny_run, tmp_path):
                    "optimizer.lr): use a new workdir or --config.overwrite=True"]
   assert "Traceback" not in other.stderr
   assert json.loads((workdir / "results.json").read_text()) == after
+  assert _products(workdir) == (more, more_steps)
 
 
 @pytest.mark.parametrize("flag, message", [
