@@ -1,4 +1,4 @@
-"""The reference recipe (ST_REID_REFERENCE.md section 6) on the real Market-1501.
+"""The reference recipe (docs/reference.md section 6) on the real Market-1501.
 
   python main.py --workdir=/tmp/jreid_market --config=experiments/market1501.py \
     --config.manual_dir=/path/holding/Market-1501-v15.09.15.zip \

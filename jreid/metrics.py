@@ -12,7 +12,7 @@ over blocks (``gather_good_scores``), and the histograms of negatives add over
 blocks (``negatives_histogram``); ``ranks_from_histogram`` finishes.
 
 Order: descending score, ties broken by ascending gallery index (what a stable
-``argsort(-score)`` gives). Protocol (``ST_REID_REFERENCE.md`` section 4):
+``argsort(-score)`` gives). Protocol (``docs/reference.md`` section 4):
 good = same id and different camera; junk = same id and same camera, or gallery
 id -1; junk is removed before counting; id 0 stays as a negative.
 """

@@ -1,6 +1,6 @@
 """File-name grammars of ReID datasets -> identity, camera, sequence, frame, time.
 
-Three grammars (``ST_REID_REFERENCE.md`` section 1):
+Three grammars (``docs/reference.md`` section 1):
 
 * Market-1501 ``PPPP_cXsY_FFFFFF_NN.jpg`` (``0002_c1s1_000451_03.jpg``, ids
   ``-1`` junk and ``0000`` distractor included). ``FFFFFF`` is local to the

@@ -1,6 +1,6 @@
 """k-reciprocal re-ranking (Zhong et al., CVPR 2017) as fixed-shape device kernels.
 
-The published algorithm (``ST_REID_REFERENCE.md`` section 5) builds the dense
+The published algorithm (``docs/reference.md`` section 5) builds the dense
 (Q+G) x (Q+G) distance matrix. Only three things of it are ever used:
 
 1. each item's k1 + 1 nearest neighbours and its row maximum (the column

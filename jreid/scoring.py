@@ -2,7 +2,7 @@
 
 Shapes: Q queries, G gallery images, D feature dims, C cameras, H bins.
 Cameras are 0-based int32, times are global frame indices (int32), scores float32.
-See ``ST_REID_REFERENCE.md`` section 3.
+See ``docs/reference.md`` section 3.
 """
 
 from __future__ import annotations

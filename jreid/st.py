@@ -1,6 +1,6 @@
 """The spatial-temporal model: per camera pair, the distribution of transit times.
 
-Fitted from the training set exactly as ST-ReID does (``ST_REID_REFERENCE.md``
+Fitted from the training set exactly as ST-ReID does (``docs/reference.md``
 section 2), vectorised over identities, camera pairs and bins, in float64 numpy
 (the fit is a one-off over a few thousand numbers; float64 keeps it bit-for-bit
 with the reference). Lookups over query x gallery matrices live in

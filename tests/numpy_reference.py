@@ -1,6 +1,6 @@
 """A straightforward numpy implementation of ST-ReID fitting and evaluation.
 
-Written from ``ST_REID_REFERENCE.md`` sections 2-4 the way the reference code
+Written from ``docs/reference.md`` sections 2-4 the way the reference code
 works: Python loops over identities and camera pairs, a dense smoothing matrix,
 and one argsort per query. It is the baseline the benchmarks measure jreid
 against, and the independent implementation the tests compare with.

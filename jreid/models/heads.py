@@ -1,6 +1,6 @@
 """PCB (part-based) and BNNeck (global) heads, and the ReID model that joins them.
 
-PCB (Sun et al. 2018, as ``ST_REID_REFERENCE.md`` section 6): the feature map is
+PCB (Sun et al. 2018, as ``docs/reference.md`` section 6): the feature map is
 average-pooled into P horizontal parts (PyTorch ``AdaptiveAvgPool2d((P, 1))``
 bins), dropout 0.5, then per part Linear C->256, BatchNorm, Dropout 0.5,
 Linear 256->num_classes. The P part classifiers are held as stacked parameters
