@@ -60,13 +60,6 @@ class Records:
     return int(self.cameras.max()) + 1 if len(self) else 0
 
 
-def concatenate(*parts: Records) -> Records:
-  """Rows of every part, in order; features and names only when every part has them."""
-  cat = lambda field: (None if any(getattr(p, field) is None for p in parts)
-                       else np.concatenate([getattr(p, field) for p in parts]))
-  return Records(cat("person_ids"), cat("cameras"), cat("times"), cat("features"), cat("names"))
-
-
 def chunk_rows(total_rows: int, row_length: int, budget_elements: int, multiple: int = 8) -> int:
   """Rows per chunk so that rows x row_length <= budget_elements.
 

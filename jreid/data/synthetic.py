@@ -348,22 +348,3 @@ def read_manifest(out_dir: str) -> Manifest:
                   time=np.asarray(raw["time"], np.int64),
                   camera_position_m=np.asarray(raw["camera_position_m"]),
                   walking_speed={int(k): v for k, v in raw["walking_speed"].items()})
-
-
-def generate_if_missing(out_dir: str, params: WorldParams) -> str:
-  """Generates the world unless ``out_dir`` already holds one with these params.
-
-  Returns the folder to use as the TFDS manual dir.
-  """
-  stamp = files.join(out_dir, "world_params.json")
-  wanted = json.dumps(dataclasses.asdict(params), sort_keys=True)
-  if files.exists(stamp):
-    if files.read_bytes(stamp).decode() == wanted:
-      if not files.exists(files.join(out_dir, TRACKS_FILE)):  # a world from before tables
-        write_tracks_table(out_dir, read_manifest(out_dir))
-      return out_dir
-    raise ValueError(f"{out_dir!r} holds a synthetic world with other parameters; "
-                     f"use another folder or delete it")
-  generate(out_dir, params)
-  files.write_bytes(stamp, wanted.encode())
-  return out_dir
