@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import resource
 import time
 from typing import Callable, NamedTuple, Sequence
@@ -116,9 +117,9 @@ class _Timer:
     self.compile_s = 0.0
     self.run_s: dict[str, float] = {}
 
-  def compile(self, name: str, fn: Callable, *args):
+  def compile(self, name: str, fn: Callable, *args, donate_argnums=()):
     start = time.time()
-    lowered = jax.jit(fn).lower(*args)
+    lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*args)
     compiled = None
     if jax.default_backend() == "gpu" and GPU_AUTOTUNE_LEVEL is not None:
       try:
@@ -177,9 +178,11 @@ class _Columns(NamedTuple):
   junk: jax.Array       # bool [devices L]: gallery id -1 (junk for every query)
 
 
-def _columns(place: _Placement, features, cameras, times, ranked, junk) -> tuple[_Columns, int]:
+def _columns(place: _Placement, features, cameras, times, ranked, junk,
+             block: int | None = None) -> tuple[_Columns, int]:
+  """The items as sharded columns, ``block`` (default: as few as fit) per device."""
   n = len(cameras)
-  block = -(-n // place.devices)
+  block = block or -(-n // place.devices)
   total = block * place.devices
   pad = lambda x, v: records_lib.pad_rows(x, total, v)
   if total != n:
@@ -200,33 +203,149 @@ def _block_offset(block: int):
 # Kernels (built per call with their static settings; run under shard_map).
 
 
-def _neighbour_kernel(mesh, kinds, k, block, bin_width, fusion):
-  """Rows [R] x all items: k nearest items [kinds, R, k] and row maxima [kinds, R]."""
+def square_tiles(items_per_device: int, k: int, budget_elements: int) -> tuple[int, int]:
+  """(tile T, block L) of the symmetric neighbour pass: T x T score tiles within the
+  budget (T >= k, a multiple of 8), L = the per-device block, a multiple of T."""
+  largest = max(k, 8, math.isqrt(max(1, budget_elements)))
+  tiles = max(1, -(-items_per_device // largest))
+  tile = max(k, -(-(-(-items_per_device // tiles)) // 8) * 8)
+  return tile, tiles * tile
 
-  def body(row_f, row_c, row_t, cols: _Columns, item_valid, table):
-    offset = _block_offset(block)
-    cosine = jnp.dot(row_f, cols.features.T, precision=jax.lax.Precision.HIGHEST,
-                     preferred_element_type=jnp.float32)
-    local_k = min(k, block)
-    index_out, max_out = [], []
-    for kind in kinds:
-      score = _kind_scores(kind, cosine, table, bin_width, fusion, row_c[:, None],
-                           row_t[:, None], cols.cameras[None, :], cols.times[None, :])
-      dist = 2.0 - 2.0 * score
-      row_max = jnp.where(item_valid[None, :], dist, -jnp.inf).max(axis=1)
-      # Lower index first among equal values: within a block (top_k), then across
-      # blocks (the gathered candidates are in block order).
-      value, index = jax.lax.top_k(jnp.where(item_valid[None, :], -dist, -jnp.inf), local_k)
-      value = jax.lax.all_gather(value, AXIS, axis=1, tiled=True)
-      index = jax.lax.all_gather(index + offset, AXIS, axis=1, tiled=True)
-      _, best = jax.lax.top_k(value, k)
-      index_out.append(jnp.take_along_axis(index, best, axis=1).astype(jnp.int32))
-      max_out.append(jax.lax.pmax(row_max, AXIS))
-    return jnp.stack(index_out), jnp.stack(max_out)
 
+def _smallest(dist, index, k):
+  """The k smallest (distance, index) pairs of each row, lexicographically (ties go to
+  the lower index): float32 / int32 [..., M] -> [..., k] each."""
+  dist, index = jax.lax.sort((dist, index), dimension=dist.ndim - 1, num_keys=2)
+  return dist[..., :k], index[..., :k]
+
+
+def _neighbour_kernel(mesh, kinds, k, tile, tiles_per_device, bin_width, fusion):
+  """One row tile of the symmetric neighbour pass: updates every item's k nearest items
+  and its row maximum, held on the device that owns the item.
+
+  d(i, j) and d(j, i) come from one cosine tile: the tiles of the (Q+G) x (Q+G)
+  matrix are visited once per unordered pair (row tile I takes the column tiles J
+  at cyclic distance 0 < J - I < n / 2, its own tile, and the opposite one when
+  I < J), so each device does half the matmuls of a full pass, whatever its block.
+  A visited tile updates the row items' lists (found by its rows) and the column
+  items' lists (by its columns: the transposed tile; the joint score scored again
+  with the column item on the query side, since the reference's ST factor is not
+  symmetric at equal times). Lists merge by the lexicographic (distance, index) order, so
+  ties go to the lower index whatever the visiting order.
+
+  State (sharded over the mesh, item-major): distances, indices float32 / int32
+  [kinds, L, k] (+inf / int32 max when empty) and row maxima [kinds, L].
+  """
+  n = tiles_per_device * mesh.size
+  block = tiles_per_device * tile
+  empty_index = np.iinfo(np.int32).max
+
+  def body(row_tile, cols: _Columns, item_valid, table, state_d, state_i, state_max):
+    device = jax.lax.axis_index(AXIS).astype(jnp.int32)
+    owner = row_tile // tiles_per_device
+    local_row = (row_tile % tiles_per_device) * tile
+    mine = device == owner
+    # The row tile, broadcast from its owner (exact: the others add zeros).
+    take_rows = lambda x: jax.lax.dynamic_slice_in_dim(x, local_row, tile, axis=0)
+    share = lambda x: jax.lax.psum(jnp.where(mine, take_rows(x), jnp.zeros((), x.dtype)), AXIS)
+    row_f = share(cols.features)
+    row_c, row_t = share(cols.cameras), share(cols.times)
+    row_valid = share(item_valid.astype(jnp.int32)) > 0
+    row_first = row_tile * tile
+
+    def visit(j, carry):
+      col_tile = device * tiles_per_device + j
+      delta = (col_tile - row_tile) % n
+      needed = (delta == 0) | (2 * delta < n) | ((2 * delta == n) & (row_tile < col_tile))
+
+      def update(carry):
+        best_d, best_i, best_max, state_d, state_i, state_max = carry
+        take = lambda x: jax.lax.dynamic_slice_in_dim(x, j * tile, tile, axis=0)
+        col_f, col_c, col_t, col_valid = (take(cols.features), take(cols.cameras),
+                                          take(cols.times), take(item_valid))
+        cosine = jnp.dot(row_f, col_f.T, precision=jax.lax.Precision.HIGHEST,
+                         preferred_element_type=jnp.float32)
+        off_diagonal = col_tile != row_tile
+        col_first = col_tile * tile
+        out = [[], [], [], [], [], []]
+        for r, kind in enumerate(kinds):
+          # Rows of the tile (row items on the query side).
+          dist = 2.0 - 2.0 * _kind_scores(kind, cosine, table, bin_width, fusion,
+                                          row_c[:, None], row_t[:, None], col_c[None, :],
+                                          col_t[None, :])
+          found_d, found_i = _tile_nearest(dist, col_valid, k, col_first)
+          d, i = _smallest(jnp.concatenate([best_d[r], found_d], axis=1),
+                           jnp.concatenate([best_i[r], found_i], axis=1), k)
+          out[0].append(d)
+          out[1].append(i)
+          out[2].append(jnp.maximum(best_max[r], _tile_max(dist, col_valid)))
+          # Columns of the tile (column items on the query side).
+          if kind == "visual":
+            dist_t = dist.T
+          else:  # the ST factor is not symmetric at equal times: scored again
+            dist_t = 2.0 - 2.0 * _kind_scores(kind, cosine.T, table, bin_width, fusion,
+                                              col_c[:, None], col_t[:, None],
+                                              row_c[None, :], row_t[None, :])
+          found_d, found_i = _tile_nearest(dist_t, row_valid, k, row_first)
+          old_d, old_i = take(state_d[r]), take(state_i[r])
+          d, i = _smallest(jnp.concatenate([old_d, found_d], axis=1),
+                           jnp.concatenate([old_i, found_i], axis=1), k)
+          old_max = take(state_max[r])
+          # The diagonal tile's pairs were all seen by its rows.
+          put = lambda x, new, old: jax.lax.dynamic_update_slice_in_dim(
+              x, jnp.where(off_diagonal, new, old), j * tile, axis=0)
+          out[3].append(put(state_d[r], d, old_d))
+          out[4].append(put(state_i[r], i, old_i))
+          out[5].append(put(state_max[r], jnp.maximum(old_max, _tile_max(dist_t, row_valid)),
+                            old_max))
+        return tuple(jnp.stack(x) for x in out)
+
+      return jax.lax.cond(needed, update, lambda c: c, carry)
+
+    num_kinds = len(kinds)
+    carry = (jnp.full((num_kinds, tile, k), jnp.inf, jnp.float32),
+             jnp.full((num_kinds, tile, k), empty_index, jnp.int32),
+             jnp.full((num_kinds, tile), -jnp.inf, jnp.float32), state_d, state_i, state_max)
+    best_d, best_i, best_max, state_d, state_i, state_max = jax.lax.fori_loop(
+        0, tiles_per_device, visit, carry)
+    # What the row tile found on every device, folded into its owner's state.
+    best_d, best_i = _smallest(jax.lax.all_gather(best_d, AXIS, axis=2, tiled=True),
+                               jax.lax.all_gather(best_i, AXIS, axis=2, tiled=True), k)
+    best_max = jax.lax.pmax(best_max, AXIS)
+
+    def fold(state):
+      state_d, state_i, state_max = state
+      old_d = jax.lax.dynamic_slice_in_dim(state_d, local_row, tile, axis=1)
+      old_i = jax.lax.dynamic_slice_in_dim(state_i, local_row, tile, axis=1)
+      old_max = jax.lax.dynamic_slice_in_dim(state_max, local_row, tile, axis=1)
+      d, i = _smallest(jnp.concatenate([old_d, best_d], axis=2),
+                       jnp.concatenate([old_i, best_i], axis=2), k)
+      return (jax.lax.dynamic_update_slice_in_dim(state_d, d, local_row, axis=1),
+              jax.lax.dynamic_update_slice_in_dim(state_i, i, local_row, axis=1),
+              jax.lax.dynamic_update_slice_in_dim(state_max, jnp.maximum(old_max, best_max),
+                                                  local_row, axis=1))
+
+    return jax.lax.cond(mine, fold, lambda s: s, (state_d, state_i, state_max))
+
+  del block
   cols_spec = _Columns(*(P(AXIS),) * 5)
-  return jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(), cols_spec, P(AXIS), P()),
-                       out_specs=(P(), P()), check_vma=False)
+  state = P(None, AXIS)
+  return jax.shard_map(body, mesh=mesh,
+                       in_specs=(P(), cols_spec, P(AXIS), P(), state, state, state),
+                       out_specs=(state, state, state), check_vma=False)
+
+
+def _tile_nearest(dist, valid, k, first):
+  """Each row's min(k, columns) nearest valid columns of a [rows, columns] distance tile:
+  (distances, global indices = first + column); +inf for invalid columns."""
+  value, index = jax.lax.top_k(jnp.where(valid[None, :], -dist, -jnp.inf),
+                               min(k, dist.shape[1]))
+  return -value, (index + first).astype(jnp.int32)
+
+
+def _tile_max(dist, valid):
+  """Each row's largest distance to a valid column of the tile (-inf if none)."""
+  return jnp.where(valid[None, :], dist, -jnp.inf).max(axis=1)
 
 
 def _pair_kernel(mesh, kinds, block, bin_width, fusion):
@@ -350,6 +469,42 @@ def _ranks_kernel(mesh, methods, block, tile, first_gallery, num_gallery, num_it
 # Re-ranking: neighbours, expansion sets, V, query expansion.
 
 
+def _neighbour_pass(place, timer, kinds, cols, num_items, k, tile, table, bin_width, fusion):
+  """Every item's k nearest items and row maximum, per kind: (int32 [kinds, N, k],
+  float32 [kinds, N]) on the host, from ``_neighbour_kernel`` over the column tiles."""
+  N = num_items
+  devices = place.devices
+  total = cols.cameras.shape[0]
+  tiles_per_device = total // devices // tile
+  item_valid = place.shard_rows(records_lib.pad_rows(np.ones(N, bool), total, False))
+  state = jax.jit(lambda: (jnp.full((len(kinds), total, k), jnp.inf, jnp.float32),
+                           jnp.full((len(kinds), total, k), np.iinfo(np.int32).max, jnp.int32),
+                           jnp.full((len(kinds), total), -jnp.inf, jnp.float32)),
+                  out_shardings=(jax.sharding.NamedSharding(place.mesh, P(None, AXIS)),) * 3)()
+  num_tiles = tiles_per_device * devices
+  row_tile = lambda i: place.put(np.int32(i))
+  kernel = timer.compile("neighbour pass", _neighbour_kernel(
+      place.mesh, kinds, k, tile, tiles_per_device, bin_width, fusion), row_tile(0), cols,
+      item_valid, table, *state, donate_argnums=(4, 5, 6))
+  logging.info("rerank: neighbour pass over %d x %d tiles of %d items (%d tile matmuls, "
+               "half of the square)", num_tiles, num_tiles, tile,
+               num_tiles * (num_tiles + 1) // 2)
+  progress = progress_lib.Progress(f"rerank neighbours ({'+'.join(kinds)})", num_tiles,
+                                   "row tiles")
+  start_time = time.time()
+  for i in range(num_tiles):
+    state = kernel(row_tile(i), cols, item_valid, table, *state)
+    if i % 4 == 3 or i == num_tiles - 1:
+      jax.block_until_ready(state)
+      progress.update(i + 1)
+  progress.finish()
+  replicate = jax.jit(lambda x: x, out_shardings=place.copies)
+  neighbours = _host(replicate(state[1]))[:, :N]
+  row_max = _host(replicate(state[2]))[:, :N]
+  timer.add("neighbour pass", time.time() - start_time)
+  return neighbours, row_max
+
+
 def _members_union(neighbours, *, k1, num_items):
   """Per kind the expansion sets [kinds, N, M], and their union per item [N, kinds M]."""
   members, counts = jax.vmap(lambda nb: rerank_lib.expansion_members(nb, k1))(neighbours)
@@ -389,27 +544,11 @@ def _rerank_inputs(place, mesh, timer, kinds, items, num_queries, table, params,
   """
   features, cameras, times, ranked, junk = items
   N = len(cameras)
-  cols, block = _columns(place, features, cameras, times, ranked, junk)
-  item_valid = place.shard_rows(records_lib.pad_rows(np.ones(N, bool), block * place.devices, False))
   k = min(N, params.k1 + 1)
-  rows = records_lib.chunk_rows(N, block, budget_elements)
-  neighbours = np.empty((len(kinds), N, k), np.int32)
-  row_max = np.empty((len(kinds), N), np.float32)
-  row_f = lambda s, e: place.put(records_lib.pad_rows(features[s:e], rows, 0.0))
-  row_i = lambda x, s, e: place.put(records_lib.pad_rows(x[s:e], rows, 0))
-  kernel = timer.compile("neighbour pass", _neighbour_kernel(
-      mesh, kinds, k, block, bin_width, fusion), row_f(0, rows), row_i(cameras, 0, rows),
-      row_i(times, 0, rows), cols, item_valid, table)
-  progress = progress_lib.Progress(f"rerank neighbours ({'+'.join(kinds)})", N, "items")
-  start_time = time.time()
-  for s, e in _chunks(N, rows):
-    idx, mx = kernel(row_f(s, e), row_i(cameras, s, e), row_i(times, s, e), cols, item_valid,
-                     table)
-    neighbours[:, s:e] = _host(idx)[:, :e - s]
-    row_max[:, s:e] = _host(mx)[:, :e - s]
-    progress.update(e)
-  progress.finish()
-  timer.add("neighbour pass", time.time() - start_time)
+  tile, block = square_tiles(-(-N // place.devices), k, budget_elements)
+  cols, block = _columns(place, features, cameras, times, ranked, junk, block)
+  neighbours, row_max = _neighbour_pass(place, timer, kinds, cols, N, k, tile, table,
+                                        bin_width, fusion)
 
   members_union = timer.compile("expansion sets", functools.partial(
       _members_union, k1=params.k1, num_items=N), neighbours)
@@ -467,6 +606,36 @@ def _rerank_inputs(place, mesh, timer, kinds, items, num_queries, table, params,
 
 # ----------------------------------------------------------------------------------------
 # Public entry points.
+
+
+def nearest_items(features: np.ndarray, cameras: np.ndarray, times: np.ndarray,
+                  st_table: np.ndarray | None, *, k: int, bin_width: int,
+                  fusion: scoring.FusionParams = scoring.FusionParams(),
+                  kinds: Sequence[str] = SCORE_KINDS, budget_elements: int = 1 << 22,
+                  mesh=None) -> tuple[np.ndarray, np.ndarray]:
+  """The neighbour pass of re-ranking, alone: each item's k nearest items among all.
+
+  Args:
+    features: float32 [N, D] normalised; cameras (0-based), times (frames): int [N].
+    st_table: float [C, C, H] ST probabilities (None: visual only).
+    k: neighbours per item (<= N).
+    kinds: score kinds, of ``SCORE_KINDS``.
+  Returns:
+    (int32 [kinds, N, k] nearest items by d(i, j) = 2 - 2 score(i, j) with i on the
+    query side, ascending, ties to the lower index; float32 [kinds, N] max_j d(i, j)).
+  """
+  N = len(cameras)
+  if not 1 <= k <= N:
+    raise ValueError(f"k must be in [1, {N}], got {k}")
+  mesh = mesh or sharding.make_mesh()
+  place = _Placement(mesh)
+  table = place.put(np.zeros((1, 1, 1), np.float32) if st_table is None else np.asarray(
+      scoring.st_factor_table(np.asarray(st_table, np.float32), fusion)))
+  tile, block = square_tiles(-(-N // place.devices), k, budget_elements)
+  cols, _ = _columns(place, np.asarray(features, np.float32), cameras, times,
+                     np.ones(N, bool), np.zeros(N, bool), block)
+  return _neighbour_pass(place, _Timer(), tuple(kinds), cols, N, k, tile, table, bin_width,
+                         fusion)
 
 
 def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, *,

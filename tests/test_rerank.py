@@ -128,3 +128,34 @@ def test_jaccard_block_hand_case():
 def test_params_validation():
   with pytest.raises(ValueError, match="lambda_value"):
     rerank.RerankParams(lambda_value=1.5)
+
+
+@pytest.mark.parametrize("budget", [100, 700, 1 << 20])
+def test_neighbour_pass_equals_brute_force(budget):
+  # The symmetric pass scores each unordered tile pair once and re-scores the ST kind
+  # with the sides swapped. Features in {-1/2, 0, 1/2}: every cosine is exact in
+  # float32, so there are many exact ties (which go to the lower index); times in
+  # 0..4 give many equal-time pairs, where the reference's ST factor is asymmetric.
+  rng = np.random.default_rng(3)
+  N, k = 75, 7
+  features = (rng.integers(-1, 2, (N, 4)) / 2).astype(np.float32)
+  cameras = rng.integers(0, 3, N).astype(np.int32)
+  times = rng.integers(0, 5, N).astype(np.int32)
+  table = rng.uniform(size=(3, 3, 4)).astype(np.float32)
+  assert not np.allclose(table, table.transpose(1, 0, 2))
+  tile, block = evaluate.square_tiles(N, k, budget)
+  assert block % tile == 0 and tile >= k and (budget > 10_000 or block // tile > 2)
+  fusion = scoring.FusionParams()
+  neighbours, row_max = evaluate.nearest_items(features, cameras, times, table, k=k,
+                                               bin_width=1, fusion=fusion,
+                                               budget_elements=budget)
+  cosine = jnp.asarray(features) @ jnp.asarray(features).T
+  visual = np.asarray(2 - 2 * cosine)
+  st = np.asarray(2 - 2 * scoring.fused_scores(cosine, jnp.asarray(table), 1, fusion,
+                                               jnp.asarray(cameras), jnp.asarray(times),
+                                               jnp.asarray(cameras), jnp.asarray(times)))
+  assert not np.array_equal(st, st.T)  # the equal-time asymmetry is exercised
+  for kind, dist in enumerate((visual, st)):
+    expected = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(neighbours[kind], expected)
+    np.testing.assert_array_equal(row_max[kind], dist.max(axis=1))
