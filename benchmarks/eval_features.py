@@ -1,6 +1,7 @@
 """Benchmark: the evaluate-from-features path at Market-1501 scale (and with 500k distractors).
 
   python benchmarks/eval_features.py [--big_gallery=500000] [--dims=2048] [--skip_numpy]
+      [--baseline_ref=96197ee]
 
 Generates a Market-shaped world (3,368 queries, 19,732 gallery, 12,936 training
 names, 751 ids, 2048-d features, a features .npz and a folder of training names),
@@ -8,6 +9,9 @@ then times, each in its own process (wall time from start-up, and peak RSS):
   * jreid, visual + ST: load the features file, list the training names, fit the ST
     model, normalise, ``evaluate.evaluate(methods=("visual", "st"))``;
   * jreid, the same with both re-rankings (all four methods);
+  * the whole evaluate-from-features job (main.py) with both re-rankings, cold and
+    with a warm compilation cache, and the same job of an earlier jreid
+    (--baseline_ref, a git ref: by default the one issue 12 timed);
   * the straightforward numpy implementation (tests/numpy_reference.py), visual + ST;
 and prints the ratios of the same run, and the largest metric difference to numpy.
 With --big_gallery it adds that many distractors (id 0) to the gallery and times
@@ -103,6 +107,45 @@ def run_jreid(features, train_dir, methods, budget_elements):
   return json.loads([l for l in proc.stdout.splitlines() if l.startswith("BENCH ")][-1][6:])
 
 
+_JOB = """
+import json, resource, runpy, sys, time
+sys.argv = ["main.py"] + sys.argv[1:]
+start = time.time()
+try:
+  runpy.run_path("main.py", run_name="__main__")
+except SystemExit as e:
+  if e.code: raise
+print("BENCH " + json.dumps(dict(seconds=time.time() - start,
+      peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+"""
+
+
+def run_job(root, features, train_dir, workdir, *overrides):
+  """The whole evaluate-from-features job (``main.py``, experiments/eval_features.py)
+  of the tree at ``root``, timed from process start; adds its results.json."""
+  proc = subprocess.run(
+      [sys.executable, "-c", _JOB, f"--workdir={workdir}", "--config=experiments/eval_features.py",
+       f"--config.features={features}", f"--config.train_dir={train_dir}", *overrides],
+      cwd=root, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root))
+  if proc.returncode:
+    raise RuntimeError(proc.stderr[-5000:])
+  stats = json.loads([l for l in proc.stdout.splitlines() if l.startswith("BENCH ")][-1][6:])
+  for line in proc.stderr.splitlines():
+    if "queries x" in line and "compilation" in line:
+      stats["log"] = line.split("] ")[-1]
+  with open(os.path.join(workdir, "results.json")) as f:
+    stats["results"] = json.load(f)
+  return stats
+
+
+def baseline_tree(ref, out):
+  """``git archive`` of ``ref`` (this repository's history) unpacked into ``out``."""
+  archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True)
+  os.makedirs(out, exist_ok=True)
+  subprocess.run(["tar", "-x", "-C", out], input=archive.stdout, check=True)
+  return out
+
+
 def run_numpy(features, train_dir):
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "numpy_reference.py"),
                          features, train_dir], capture_output=True, text=True, check=True)
@@ -121,6 +164,9 @@ def main():
                       help="also run jreid with this many extra distractors (e.g. 500000)")
   parser.add_argument("--skip_numpy", action="store_true")
   parser.add_argument("--skip_rerank", action="store_true")
+  parser.add_argument("--baseline_ref", default="96197ee",
+                      help="git ref of the jreid whose whole job is timed as the baseline "
+                           "(default: the one issue 12 measured at 33.4 s); '' to skip")
   parser.add_argument("--child", nargs=4)
   args = parser.parse_args()
   if args.child:
@@ -147,6 +193,29 @@ def main():
       diff = max(abs(both["results"][m][k] - ours["results"][m][k]) for m in plain
                  for k in ("rank1", "rank5", "rank10", "mAP"))
       print(f"    visual, st: max |difference| between the two runs {diff:.1e}")
+    if not args.skip_rerank and args.baseline_ref:
+      # The whole job (load, ST fit, evaluation, both re-rankings, results and
+      # pictures), cold (an empty compilation cache) and warm, against the baseline
+      # jreid's whole job on the same inputs.
+      cache = os.path.join(tmp, "xla_cache")
+      cold = run_job(ROOT, features, train_dir, os.path.join(tmp, "cold"),
+                     f"--config.compilation_cache_dir={cache}")
+      warm = run_job(ROOT, features, train_dir, os.path.join(tmp, "warm"),
+                     f"--config.compilation_cache_dir={cache}")
+      old = run_job(baseline_tree(args.baseline_ref, os.path.join(tmp, "baseline")), features,
+                    train_dir, os.path.join(tmp, "old"))
+      print(f"  whole job, all four methods: jreid {cold['seconds']:.1f} s cold, "
+            f"{warm['seconds']:.1f} s with a warm compilation cache, peak RSS "
+            f"{cold['peak_rss_mb']:.0f} MB; jreid {args.baseline_ref} {old['seconds']:.1f} s, "
+            f"{old['peak_rss_mb']:.0f} MB")
+      print(f"    ratio cold / {args.baseline_ref}: {cold['seconds'] / old['seconds']:.3f}, warm: "
+            f"{warm['seconds'] / old['seconds']:.3f} (the issue's 18 s against its 33.4 s: "
+            f"0.539)")
+      print(f"    {cold.get('log', '')}")
+      diff = max(abs(cold["results"][m][k] - old["results"][m][k])
+                 for m in ("visual", "st", "visual_rerank", "st_rerank")
+                 for k in ("rank1", "rank5", "rank10", "mAP"))
+      print(f"    max |metric difference| to {args.baseline_ref}: {diff:.1e}")
     if not args.skip_numpy:
       base = run_numpy(features, train_dir)
       print(f"  numpy visual + st:       {base['seconds']:7.1f} s, peak RSS "

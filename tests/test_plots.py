@@ -11,11 +11,11 @@ def figures(monkeypatch):
   captured = []
   save = plots._save
 
-  def keep(fig, path):
+  def keep(fig, path, **kwargs):
     captured.append(fig)
     texts = [t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text"))]
     fig.jreid_texts = texts
-    return save(fig, path)
+    return save(fig, path, **kwargs)
 
   monkeypatch.setattr(plots, "_save", keep)
   return captured
