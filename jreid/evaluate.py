@@ -237,7 +237,6 @@ def _neighbour_kernel(mesh, kinds, k, tile, tiles_per_device, bin_width, fusion)
   [kinds, L, k] (+inf / int32 max when empty) and row maxima [kinds, L].
   """
   n = tiles_per_device * mesh.size
-  block = tiles_per_device * tile
   empty_index = np.iinfo(np.int32).max
 
   def body(row_tile, cols: _Columns, item_valid, table, state_d, state_i, state_max):
@@ -327,7 +326,6 @@ def _neighbour_kernel(mesh, kinds, k, tile, tiles_per_device, bin_width, fusion)
 
     return jax.lax.cond(mine, fold, lambda s: s, (state_d, state_i, state_max))
 
-  del block
   cols_spec = _Columns(*(P(AXIS),) * 5)
   state = P(None, AXIS)
   return jax.shard_map(body, mesh=mesh,
