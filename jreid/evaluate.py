@@ -3,15 +3,16 @@
 The gallery (with re-ranking: every item, queries first) is split over the
 ``data`` axis of the mesh, every device of every process holding a contiguous
 block of items; queries come in chunks that every device sees whole. Each kernel
-works on [chunk, block] score tiles and merges what the devices found with one
-collective: neighbour lists by a top-k of the devices' top-k, row maxima by a
+works on score tiles and merges what the devices found with one collective:
+neighbour lists by the k smallest of the devices' candidates, row maxima by a
 max, good-item scores by a max and negative counts by a sum (``jreid.metrics``).
 So the metrics do not depend on the number of devices, and nothing quadratic in
 Q + G is ever held whole: every tile is bounded by ``budget_elements``.
 
-With re-ranking the work is shared: one pass over the (Q+G) x (Q+G) cosine tiles
-gives the visual and the joint neighbour lists and row maxima at once (one
-matmul, two top-k); one last pass over the query x gallery tiles gives every
+With re-ranking the work is shared: one pass over the (Q+G) x (Q+G) cosine
+matrix in square tiles, each unordered pair of tiles once (the matrix is
+symmetric), gives the visual and the joint neighbour lists and row maxima at once
+(one matmul per tile pair); one last pass over the query x gallery tiles gives every
 requested method's ranks from one matmul (visual, ST, and both re-ranked with
 their Jaccard distances). In between, fixed-width sparse kernels (``jreid.rerank``)
 build the expansion sets, V, the query expansion and the inverted index. Each
@@ -625,6 +626,11 @@ def nearest_items(features: np.ndarray, cameras: np.ndarray, times: np.ndarray,
   N = len(cameras)
   if not 1 <= k <= N:
     raise ValueError(f"k must be in [1, {N}], got {k}")
+  unknown = [kind for kind in kinds if kind not in SCORE_KINDS]
+  if unknown or not kinds:
+    raise ValueError(f"kinds must be among {SCORE_KINDS}, got {tuple(kinds)}")
+  if st_table is None and "st" in kinds:
+    raise ValueError("the st kind needs an ST table, got None")
   mesh = mesh or sharding.make_mesh()
   place = _Placement(mesh)
   table = place.put(np.zeros((1, 1, 1), np.float32) if st_table is None else np.asarray(

@@ -159,3 +159,14 @@ def test_neighbour_pass_equals_brute_force(budget):
     expected = np.argsort(dist, axis=1, kind="stable")[:, :k]
     np.testing.assert_array_equal(neighbours[kind], expected)
     np.testing.assert_array_equal(row_max[kind], dist.max(axis=1))
+
+
+def test_nearest_items_rejects_bad_requests():
+  features = np.eye(4, dtype=np.float32)
+  args = (features, np.zeros(4, np.int32), np.zeros(4, np.int32))
+  with pytest.raises(ValueError, match="k must be in"):
+    evaluate.nearest_items(*args, None, k=5, bin_width=1, kinds=("visual",))
+  with pytest.raises(ValueError, match="kinds must be among"):
+    evaluate.nearest_items(*args, None, k=2, bin_width=1, kinds=("joint",))
+  with pytest.raises(ValueError, match="needs an ST table"):
+    evaluate.nearest_items(*args, None, k=2, bin_width=1, kinds=("visual", "st"))
