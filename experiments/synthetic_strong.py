@@ -14,7 +14,7 @@ Measured at 1/3 scale (8 epochs, docs/strong_baseline.md) it does NOT beat the P
 default's visual stream on this from-scratch synthetic setting (rank-1/mAP 34.2/43.5
 vs 74.2/72.1; 48.0/54.3 with Adam lr 1e-3 and one late decay; no variant of
 optimiser, losses, augmentation or width tried since passed 56 rank-1 with the
-global head).
+global head). At the full 24 epochs: 50.6 / 56.1 against PCB's 82.4 / 78.3.
 """
 
 from experiments import market1501_strong
