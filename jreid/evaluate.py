@@ -213,9 +213,21 @@ def square_tiles(items_per_device: int, k: int, budget_elements: int) -> tuple[i
   return tile, tiles * tile
 
 
-def _smallest(dist, index, k):
-  """The k smallest (distance, index) pairs of each row, lexicographically (ties go to
-  the lower index): float32 / int32 [..., M] -> [..., k] each."""
+# An empty slot of a neighbour list: index int32 max, distance +inf.
+_EMPTY_INDEX = np.iinfo(np.int32).max
+
+
+def _merge_nearest(dists, indices, k):
+  """The k smallest (distance, index) pairs of each row over candidate lists,
+  lexicographically (ties go to the lower index).
+
+  Args:
+    dists, indices: sequences of float32 / int32 [..., M_l] lists, joined on the last axis.
+  Returns:
+    (float32 [..., k], int32 [..., k]).
+  """
+  dist = jnp.concatenate(dists, axis=-1)
+  index = jnp.concatenate(indices, axis=-1)
   dist, index = jax.lax.sort((dist, index), dimension=dist.ndim - 1, num_keys=2)
   return dist[..., :k], index[..., :k]
 
@@ -238,7 +250,6 @@ def _neighbour_kernel(mesh, kinds, k, tile, tiles_per_device, bin_width, fusion)
   [kinds, L, k] (+inf / int32 max when empty) and row maxima [kinds, L].
   """
   n = tiles_per_device * mesh.size
-  empty_index = np.iinfo(np.int32).max
 
   def body(row_tile, cols: _Columns, item_valid, table, state_d, state_i, state_max):
     device = jax.lax.axis_index(AXIS).astype(jnp.int32)
@@ -274,8 +285,7 @@ def _neighbour_kernel(mesh, kinds, k, tile, tiles_per_device, bin_width, fusion)
                                           row_c[:, None], row_t[:, None], col_c[None, :],
                                           col_t[None, :])
           found_d, found_i = _tile_nearest(dist, col_valid, k, col_first)
-          d, i = _smallest(jnp.concatenate([best_d[r], found_d], axis=1),
-                           jnp.concatenate([best_i[r], found_i], axis=1), k)
+          d, i = _merge_nearest((best_d[r], found_d), (best_i[r], found_i), k)
           out[0].append(d)
           out[1].append(i)
           out[2].append(jnp.maximum(best_max[r], _tile_max(dist, col_valid)))
@@ -288,8 +298,7 @@ def _neighbour_kernel(mesh, kinds, k, tile, tiles_per_device, bin_width, fusion)
                                               row_c[None, :], row_t[None, :])
           found_d, found_i = _tile_nearest(dist_t, row_valid, k, row_first)
           old_d, old_i = take(state_d[r]), take(state_i[r])
-          d, i = _smallest(jnp.concatenate([old_d, found_d], axis=1),
-                           jnp.concatenate([old_i, found_i], axis=1), k)
+          d, i = _merge_nearest((old_d, found_d), (old_i, found_i), k)
           old_max = take(state_max[r])
           # The diagonal tile's pairs were all seen by its rows.
           put = lambda x, new, old: jax.lax.dynamic_update_slice_in_dim(
@@ -304,13 +313,13 @@ def _neighbour_kernel(mesh, kinds, k, tile, tiles_per_device, bin_width, fusion)
 
     num_kinds = len(kinds)
     carry = (jnp.full((num_kinds, tile, k), jnp.inf, jnp.float32),
-             jnp.full((num_kinds, tile, k), empty_index, jnp.int32),
+             jnp.full((num_kinds, tile, k), _EMPTY_INDEX, jnp.int32),
              jnp.full((num_kinds, tile), -jnp.inf, jnp.float32), state_d, state_i, state_max)
     best_d, best_i, best_max, state_d, state_i, state_max = jax.lax.fori_loop(
         0, tiles_per_device, visit, carry)
     # What the row tile found on every device, folded into its owner's state.
-    best_d, best_i = _smallest(jax.lax.all_gather(best_d, AXIS, axis=2, tiled=True),
-                               jax.lax.all_gather(best_i, AXIS, axis=2, tiled=True), k)
+    best_d, best_i = _merge_nearest((jax.lax.all_gather(best_d, AXIS, axis=2, tiled=True),),
+                                    (jax.lax.all_gather(best_i, AXIS, axis=2, tiled=True),), k)
     best_max = jax.lax.pmax(best_max, AXIS)
 
     def fold(state):
@@ -318,8 +327,7 @@ def _neighbour_kernel(mesh, kinds, k, tile, tiles_per_device, bin_width, fusion)
       old_d = jax.lax.dynamic_slice_in_dim(state_d, local_row, tile, axis=1)
       old_i = jax.lax.dynamic_slice_in_dim(state_i, local_row, tile, axis=1)
       old_max = jax.lax.dynamic_slice_in_dim(state_max, local_row, tile, axis=1)
-      d, i = _smallest(jnp.concatenate([old_d, best_d], axis=2),
-                       jnp.concatenate([old_i, best_i], axis=2), k)
+      d, i = _merge_nearest((old_d, best_d), (old_i, best_i), k)
       return (jax.lax.dynamic_update_slice_in_dim(state_d, d, local_row, axis=1),
               jax.lax.dynamic_update_slice_in_dim(state_i, i, local_row, axis=1),
               jax.lax.dynamic_update_slice_in_dim(state_max, jnp.maximum(old_max, best_max),
@@ -477,7 +485,7 @@ def _neighbour_pass(place, timer, kinds, cols, num_items, k, tile, table, bin_wi
   tiles_per_device = total // devices // tile
   item_valid = place.shard_rows(records_lib.pad_rows(np.ones(N, bool), total, False))
   state = jax.jit(lambda: (jnp.full((len(kinds), total, k), jnp.inf, jnp.float32),
-                           jnp.full((len(kinds), total, k), np.iinfo(np.int32).max, jnp.int32),
+                           jnp.full((len(kinds), total, k), _EMPTY_INDEX, jnp.int32),
                            jnp.full((len(kinds), total), -jnp.inf, jnp.float32)),
                   out_shardings=(jax.sharding.NamedSharding(place.mesh, P(None, AXIS)),) * 3)()
   num_tiles = tiles_per_device * devices
