@@ -69,6 +69,25 @@ METHODS: dict[str, Method] = {
 }
 SCORE_KINDS = ("visual", "st")
 
+
+@dataclasses.dataclass(frozen=True)
+class TopItems:
+  """Each query's k best gallery items by one score kind, best first, ties to the lower
+  gallery index, with the Market-1501 protocol's junk left out (gallery id -1, and
+  the query's own id in the query's camera), as ``search.top_k(leave_out_junk=True)``.
+
+  Attributes:
+    index: int64 [Q, k] gallery rows.
+    score: float32 [Q, k] the ``kind`` score (-inf: junk, only when fewer than k
+      gallery items are left).
+    visual: float32 [Q, k] cosine similarity.
+    kind: "st" (the joint score) or "visual".
+  """
+  index: np.ndarray
+  score: np.ndarray
+  visual: np.ndarray
+  kind: str
+
 # XLA's GPU autotuning level for these kernels (None: XLA's default). Their only
 # matmuls are plain float32 GEMMs, whose default cuBLAS choice is what autotuning
 # finds anyway, while autotuning cost most of the cold start on an H200 (the whole
@@ -389,17 +408,21 @@ def _column_lists_kernel(mesh, num_kinds, num_items):
 
 
 def _ranks_kernel(mesh, methods, block, tile, first_gallery, num_gallery, num_items,
-                  num_terms, lambda_value, bin_width, fusion):
-  """Query chunk [c] x gallery -> good-item ranks [methods, c, K] of every method.
+                  num_terms, lambda_value, bin_width, fusion, top_k=0, top_kind="visual"):
+  """Query chunk [c] x gallery -> good-item ranks [methods, c, K] of every method, and
+  with ``top_k`` each query's best gallery items by ``top_kind`` (``TopItems``).
 
-  One matmul per column tile serves every method. With ``tile < block`` (no
-  re-ranking) the tiles are swept twice: the good items' scores first, the
-  negatives then, so that both come from the very same score tiles.
+  One matmul per column tile serves every method and the top items. With
+  ``tile < block`` (no re-ranking) the tiles are swept twice: the good items' scores
+  first, the negatives (and the top items) then, so that both come from the very same
+  score tiles.
   """
-  kinds = sorted({METHODS[m].score for m in methods}, key=SCORE_KINDS.index)
+  kinds = sorted({METHODS[m].score for m in methods} | ({top_kind} if top_k else set()),
+                 key=SCORE_KINDS.index)
   rerank_kinds = [k for k in SCORE_KINDS
                   if any(METHODS[m].rerank and METHODS[m].score == k for m in methods)]
   num_tiles = -(-block // tile)
+  top_width = min(top_k, tile)
 
   def body(q_f, q_c, q_t, good, junk, q_row_max, q_index, q_value, cols: _Columns,
            item, weight, start, table):
@@ -430,46 +453,97 @@ def _ranks_kernel(mesh, methods, block, tile, first_gallery, num_gallery, num_it
           jac = jax.lax.dynamic_slice_in_dim(jaccard[method.score], begin, tile, axis=1)
           s = -(jac * (1.0 - lambda_value) + original * lambda_value)
         out.append(s)
-      return out, offset - first_gallery + begin, valid, take(cols.junk)
+      return (out, offset - first_gallery + begin, valid, take(cols.junk), scores.get(top_kind),
+              cosine)
+
+    # Stacks over methods (there may be none: the top items alone).
+    stack = lambda xs, empty: jnp.stack(xs) if xs else empty
+    no_scores = jnp.full((len(methods),) + good.shape, -jnp.inf, jnp.float32)
 
     def good_scores(t, best):
-      out, gallery_offset, valid, _ = tile_scores(t)
-      return jnp.stack([jnp.maximum(b, metrics.gather_good_scores(s, gallery_offset, valid, good))
-                        for s, b in zip(out, best)])
+      out, gallery_offset, valid, *_ = tile_scores(t)
+      return stack([jnp.maximum(b, metrics.gather_good_scores(s, gallery_offset, valid, good))
+                    for s, b in zip(out, best)], best)
 
-    best = jnp.full((len(methods),) + good.shape, -jnp.inf, jnp.float32)
-    best = jax.lax.fori_loop(0, num_tiles, good_scores, best) if num_tiles > 1 else None
+    best = jax.lax.fori_loop(0, num_tiles, good_scores, no_scores) if num_tiles > 1 else None
     hist = jnp.zeros((len(methods), good.shape[0], good.shape[1] + 1), jnp.int32)
 
     def count(t, carry):
-      hist, best = carry
-      out, gallery_offset, valid, junk_cols = tile_scores(t)
+      hist, best, top = carry
+      out, gallery_offset, valid, junk_cols, top_scores, cosine = tile_scores(t)
       if num_tiles == 1:
-        best = jax.lax.pmax(jnp.stack([metrics.gather_good_scores(s, gallery_offset, valid, good)
-                                       for s in out]), AXIS)
+        best = jax.lax.pmax(stack([metrics.gather_good_scores(s, gallery_offset, valid, good)
+                                   for s in out], no_scores), AXIS)
       new = []
       for m, s in enumerate(out):
         sorted_scores, sorted_index = metrics.sort_good_items(best[m], good, num_gallery)
         new.append(hist[m] + metrics.negatives_histogram(
             s, gallery_offset, valid, junk_cols, good, junk, sorted_scores, sorted_index))
-      return jnp.stack(new), best
+      if top_k:
+        top = _merge_top((top, _tile_top(top_scores, cosine, gallery_offset, valid, junk_cols,
+                                          junk, top_width)), top_k)
+      return stack(new, hist), best, top
 
+    top = tuple(jnp.full(good.shape[:1] + (top_k,), v, dtype)
+                for v, dtype in ((-jnp.inf, jnp.float32), (_EMPTY_INDEX, jnp.int32),
+                                 (0.0, jnp.float32)))
     if num_tiles == 1:
-      hist, _ = count(0, (hist, None))
+      hist, _, top = count(0, (hist, None, top))
     else:
       best = jax.lax.pmax(best, AXIS)
-      hist, _ = jax.lax.fori_loop(0, num_tiles, count, (hist, best))
+      hist, _, top = jax.lax.fori_loop(0, num_tiles, count, (hist, best, top))
     hist = jax.lax.psum(hist, AXIS)
-    ranks = jnp.stack([metrics.ranks_from_histogram(h, good, num_gallery) for h in hist])
+    ranks = stack([metrics.ranks_from_histogram(h, good, num_gallery) for h in hist],
+                  jnp.zeros((0,) + good.shape, jnp.int32))
     used = jnp.stack([jaccard[k + "_terms"] for k in rerank_kinds]) if rerank_kinds else (
         jnp.zeros((0,), jnp.int32))
-    return ranks, jax.lax.pmax(used, AXIS)
+    # The devices' top items, merged (every device ends with the same lists).
+    if top_k:
+      top = _merge_top((tuple(jax.lax.all_gather(x, AXIS, axis=1, tiled=True) for x in top),),
+                       top_k)
+    return ranks, jax.lax.pmax(used, AXIS), top
 
   cols_spec = _Columns(*(P(AXIS),) * 5)
   lists = P(None, AXIS)
   return jax.shard_map(body, mesh=mesh,
                        in_specs=(P(),) * 8 + (cols_spec, lists, lists, lists, P()),
-                       out_specs=(P(), P()), check_vma=False)
+                       out_specs=(P(), P(), (P(),) * 3), check_vma=False)
+
+
+# The selection key of a junk item among the top items: below every real score, above
+# columns that are no gallery item (-inf), so that with fewer than k items left the
+# lists end with junk items by gallery index, as ``search.top_k`` gives them.
+_JUNK_KEY = np.float32(np.finfo(np.float32).min)
+
+
+def _tile_top(scores, cosine, gallery_offset, valid, junk_cols, junk, width):
+  """Each query's ``width`` best gallery items of a score tile, junk left out.
+
+  Args:
+    scores, cosine: float32 [c, L] (column l is gallery item ``gallery_offset + l``).
+    valid, junk_cols: bool [L]: a gallery item of this tile; gallery id -1.
+    junk: int32 [c, J] each query's same-id same-camera gallery items (padding outside).
+  Returns:
+    (selection key, gallery index, cosine) [c, width]: key = the score, ``_JUNK_KEY``
+    for junk, -inf for columns that are no gallery item (index ``_EMPTY_INDEX``).
+  """
+  c, L = scores.shape
+  rows = jnp.arange(c)[:, None]
+  local = jnp.where((junk >= gallery_offset) & (junk < gallery_offset + L),
+                    junk - gallery_offset, L)
+  is_junk = jnp.zeros((c, L), bool).at[rows, local].set(True, mode="drop") | junk_cols[None, :]
+  key = jnp.where(valid[None, :], jnp.where(is_junk, _JUNK_KEY, scores), -jnp.inf)
+  key, position = jax.lax.top_k(key, width)
+  index = jnp.where(key > -jnp.inf, gallery_offset + position, _EMPTY_INDEX).astype(jnp.int32)
+  return key, index, jnp.take_along_axis(cosine, position, axis=1)
+
+
+def _merge_top(lists, k):
+  """The k best of (key, index, cosine) lists [c, *] joined: by key, ties to the lower
+  index."""
+  key, index, cosine = (jnp.concatenate(x, axis=1) for x in zip(*lists))
+  neg_key, index, cosine = jax.lax.sort((-key, index, cosine), dimension=1, num_keys=2)
+  return -neg_key[:, :k], index[:, :k], cosine[:, :k]
 
 
 # ----------------------------------------------------------------------------------------
@@ -653,12 +727,17 @@ def nearest_items(features: np.ndarray, cameras: np.ndarray, times: np.ndarray,
 def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, *,
                  bin_width: int, fusion: scoring.FusionParams, methods: Sequence[str],
                  rerank: RerankParams = RerankParams(), budget_elements: int = 1 << 22,
-                 mesh=None) -> dict[str, np.ndarray]:
-  """Good-item ranks of every query under each method (see ``evaluate``).
+                 top_k: int = 0, mesh=None
+                 ) -> tuple[dict[str, np.ndarray], TopItems | None]:
+  """Good-item ranks of every query under each method (see ``evaluate``), and with
+  ``top_k`` each query's best gallery items from the same score tiles.
 
+  Args:
+    top_k: gallery items per query of ``TopItems`` (at most G), by the joint score
+      with an ST table, else by the visual one; 0: none.
   Returns:
-    {method: int [Q, K]} 0-based ranks after junk removal, ascending per row, padded
-    with ``INT32_MAX`` (``metrics.retrieval_metrics`` reads them).
+    ({method: int [Q, K]} 0-based ranks after junk removal, ascending per row, padded
+    with ``INT32_MAX`` (``metrics.retrieval_metrics`` reads them), ``TopItems`` or None).
   """
   methods = list(methods)
   unknown = [m for m in methods if m not in METHODS]
@@ -666,8 +745,10 @@ def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, 
     raise ValueError(f"unknown evaluation methods {unknown}; known: {sorted(METHODS)}")
   if len(set(methods)) != len(methods):
     raise ValueError(f"methods named twice: {methods}")
-  if not methods:
-    return {}
+  if top_k < 0:
+    raise ValueError(f"top_k must be >= 0, got {top_k}")
+  if not methods and not top_k:
+    return {}, None
   if st_table is None and any(METHODS[m].score == "st" for m in methods):
     raise ValueError(f"methods {methods} need an ST table, got None")
   for side, r in (("query", query), ("gallery", gallery)):
@@ -680,8 +761,13 @@ def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, 
     raise ValueError(f"budget_elements must be >= 1, got {budget_elements}")
   if len(gallery) == 0:
     raise ValueError("the gallery is empty: nothing to rank the queries against")
+  top_k = min(int(top_k), len(gallery))
+  top_kind = "st" if st_table is not None else "visual"
   if len(query) == 0:
-    return {m: np.zeros((0, 1), np.int64) for m in methods}
+    empty = lambda dtype: np.zeros((0, top_k), dtype)
+    return ({m: np.zeros((0, 1), np.int64) for m in methods},
+            TopItems(empty(np.int64), empty(np.float32), empty(np.float32), top_kind)
+            if top_k else None)
   mesh = mesh or sharding.make_mesh()
   place = _Placement(mesh)
   timer = _Timer()
@@ -729,7 +815,8 @@ def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, 
                            empty)
 
   kernel = _ranks_kernel(mesh, tuple(methods), block, tile, first_gallery, G, num_items,
-                         num_terms, float(rerank.lambda_value), int(bin_width), fusion)
+                         num_terms, float(rerank.lambda_value), int(bin_width), fusion, top_k,
+                         top_kind)
   q_cams, q_times = np.asarray(query.cameras, np.int32), np.asarray(query.times, np.int32)
 
   def args(s, e):
@@ -740,24 +827,31 @@ def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, 
             pad_k(q_row_max, 1.0), pad_k(q_index, num_items), pad_k(q_value, 0.0), cols,
             item, weight, start, table)
 
-  compiled = timer.compile(f"ranks ({', '.join(methods)})", kernel, *args(0, rows))
+  what = ", ".join(methods + ([f"top {top_k} by {top_kind}"] if top_k else []))
+  compiled = timer.compile(f"ranks ({what})", kernel, *args(0, rows))
   ranks = np.empty((len(methods),) + good.shape, np.int64)
-  progress = progress_lib.Progress(f"evaluate ({', '.join(methods)})", Q, "queries")
+  top = [np.empty((Q, top_k), dtype) for dtype in (np.float32, np.int64, np.float32)]
+  progress = progress_lib.Progress(f"evaluate ({what})", Q, "queries")
   start_time = time.time()
   for s, e in _chunks(Q, rows):
-    out, used = compiled(*args(s, e))
+    out, used, found = compiled(*args(s, e))
     used = _host(used)
     if used.size and used.max() > num_terms:
       raise AssertionError(f"Jaccard terms {used.max()} exceed the {num_terms} slots")
     ranks[:, s:e] = _host(out)[:, :e - s]
+    for dst, src in zip(top, found):
+      dst[s:e] = _host(src)[:e - s]
     progress.update(e)
   progress.finish()
   timer.add("ranks", time.time() - start_time)
   logging.info("evaluate: %d queries x %d gallery on %d device(s), methods %s: %.2f s "
-               "(compilation %.2f s; run %s)", Q, G, place.devices, ", ".join(methods),
+               "(compilation %.2f s; run %s)", Q, G, place.devices, what,
                time.time() - job_start, timer.compile_s,
                ", ".join(f"{k} {v:.2f} s" for k, v in timer.run_s.items()))
-  return {m: ranks[i] for i, m in enumerate(methods)}
+  key, index, visual = top
+  return ({m: ranks[i] for i, m in enumerate(methods)},
+          TopItems(index, np.where(key == _JUNK_KEY, -np.inf, key).astype(np.float32), visual,
+                   top_kind) if top_k else None)
 
 
 def evaluate(query: Records, gallery: Records, st_table: np.ndarray | None, *,
@@ -784,7 +878,7 @@ def evaluate(query: Records, gallery: Records, st_table: np.ndarray | None, *,
   Returns:
     {method: metrics}, in the order of ``methods``.
   """
-  ranks = method_ranks(query, gallery, st_table, bin_width=bin_width, fusion=fusion,
-                       methods=methods, rerank=rerank, budget_elements=budget_elements,
-                       mesh=mesh)
+  ranks, _ = method_ranks(query, gallery, st_table, bin_width=bin_width, fusion=fusion,
+                          methods=methods, rerank=rerank, budget_elements=budget_elements,
+                          mesh=mesh)
   return {m: metrics.retrieval_metrics(r, max_rank) for m, r in ranks.items()}

@@ -167,6 +167,27 @@ def top_k(query: Records, gallery: Records, st_model: st_lib.STModel | None = No
   return SearchResult(index, visual, prob, joint, "joint", Q * G, beyond)
 
 
+def result_of_ranking(index: np.ndarray, visual: np.ndarray, score: np.ndarray,
+                      query: Records, gallery: Records,
+                      st_model: st_lib.STModel | None) -> SearchResult:
+  """The ``SearchResult`` of top items ranked elsewhere (``evaluate.TopItems``: the
+  evaluation's own pass), with each result's ST probability looked up.
+
+  Args:
+    index: int [Q, k] gallery rows; visual: float32 [Q, k] cosine; score: float32
+      [Q, k] the joint score with ``st_model``, else the visual one.
+  """
+  index = np.asarray(index, np.int64)
+  if st_model is None:
+    return SearchResult(index, visual, None, None, "visual", len(query) * len(gallery))
+  prob = scoring.pair_st_probabilities(
+      jnp.asarray(st_model.table, jnp.float32), int(st_model.params.bin_width),
+      jnp.asarray(query.cameras[:, None], jnp.int32), jnp.asarray(query.times[:, None], jnp.int32),
+      jnp.asarray(gallery.cameras[index], jnp.int32), jnp.asarray(gallery.times[index], jnp.int32))
+  return SearchResult(index, visual, np.asarray(prob, np.float32), score, "joint",
+                      len(query) * len(gallery))
+
+
 def brute_force_top_k(query: Records, gallery: Records, st_model: st_lib.STModel | None,
                       fusion: scoring.FusionParams, k: int) -> SearchResult:
   """The whole [Q, G] score matrix and a stable numpy argsort: the oracle of ``top_k``
@@ -304,31 +325,38 @@ def rank_lists(result: SearchResult, query: Records, gallery: Records,
     ["person_id"], "results": [{"rank", "image", "camera", "time", "visual",
     "st_probability", "joint", ["person_id", "match"]}]}]}.
   """
-  name = lambda r, i: None if r.names is None else str(r.names[i])
-
-  def detection(r: Records, i: int) -> dict:
-    d = dict(image=name(r, i), camera=_camera_name(camera_names, int(r.cameras[i])),
-             time=format_time(int(r.times[i])))
-    if labelled:
-      d["person_id"] = int(r.person_ids[i])
-    return d
-
-  queries = []
-  for q in range(len(query)):
-    entry = detection(query, q)
-    results = []
-    for rank, g in enumerate(result.index[q].tolist()):
-      item = dict(rank=rank + 1, **detection(gallery, g),
-                  visual=float(result.visual[q, rank]),
-                  st_probability=(None if result.st_probability is None
-                                  else float(result.st_probability[q, rank])),
-                  joint=None if result.joint is None else float(result.joint[q, rank]))
+  # Plain Python values first (indexing numpy arrays item by item is what would take the
+  # time at Market scale), for the gallery items that appear only.
+  def detections(r: Records, rows: np.ndarray) -> dict[int, dict]:
+    names = [None] * len(rows) if r.names is None else [str(x) for x in r.names[rows].tolist()]
+    cameras = [_camera_name(camera_names, c) for c in r.cameras[rows].tolist()]
+    times = [format_time(t) for t in r.times[rows].tolist()]
+    out = {}
+    for row, name, camera, t, pid in zip(rows.tolist(), names, cameras, times,
+                                         r.person_ids[rows].tolist()):
+      out[row] = dict(image=name, camera=camera, time=t)
       if labelled:
-        item["match"] = bool(query.person_ids[q] > 0 and
-                             gallery.person_ids[g] == query.person_ids[q])
+        out[row]["person_id"] = pid
+    return out
+
+  index = np.asarray(result.index)
+  query_items = detections(query, np.arange(len(query)))
+  gallery_items = detections(gallery, np.unique(index))
+  query_ids = query.person_ids.tolist()
+  no_values = [[None] * index.shape[1]] * len(query)
+  visual = result.visual.tolist()
+  prob = no_values if result.st_probability is None else result.st_probability.tolist()
+  joint = no_values if result.joint is None else result.joint.tolist()
+  queries = []
+  for q, row in enumerate(index.tolist()):
+    results = []
+    for rank, g in enumerate(row):
+      item = dict(rank=rank + 1, **gallery_items[g], visual=visual[q][rank],
+                  st_probability=prob[q][rank], joint=joint[q][rank])
+      if labelled:
+        item["match"] = query_ids[q] > 0 and item["person_id"] == query_ids[q]
       results.append(item)
-    entry["results"] = results
-    queries.append(entry)
+    queries.append(dict(query_items[q], results=results))
   return dict(ranked_by=result.ranked_by, k=int(result.index.shape[1]),
               num_queries=len(query), queries=queries)
 

@@ -391,24 +391,29 @@ def evaluate(query: records_lib.Records, gallery: records_lib.Records, st_model:
              step: int = 0, rank_lists: bool = True) -> dict:
   """Every method of the config; writes results.json, cmc.json, cmc.png (and TensorBoard),
   and with ``rank_lists`` rank_lists.json: the top ``eval.top_k`` gallery items of every
-  query by joint score (``jreid.search``; every gallery item, junk included)."""
+  query by joint score from the evaluation's own pass (``evaluate.TopItems``; the
+  protocol's junk left out, as ``search.top_k(leave_out_junk=True)`` ranks)."""
   chosen = methods(config)
   check_evaluation_inputs(query, gallery, st_model)
-  found = evaluation.evaluate(
+  # The rank lists come from the evaluation's own score tiles (every process runs the
+  # same kernels; the main one writes).
+  ranks, top = evaluation.method_ranks(
       query, gallery, st_model.table, bin_width=st_model.params.bin_width,
       fusion=fusion_params(config), methods=chosen, rerank=rerank_params(config),
-      budget_elements=config.eval.budget_elements, max_rank=config.eval.max_rank)
+      budget_elements=config.eval.budget_elements,
+      top_k=config.eval.top_k if rank_lists else 0)
+  found = {m: metrics.retrieval_metrics(r, config.eval.max_rank) for m, r in ranks.items()}
   results = {kind: found[kind].summary() for kind in chosen}
   curves = {kind: found[kind].cmc for kind in chosen}
   if sharding.is_main_process():
     files.write_json(files.join(workdir, RESULTS_FILE), results)
     files.write_json(files.join(workdir, "cmc.json"), {k: v.tolist() for k, v in curves.items()})
     plots.plot_cmc(curves, files.join(workdir, "cmc.png"))
-    if rank_lists:
-      found = search_lib.top_k(query, gallery, st_model, fusion_params(config), config.eval.top_k,
-                               config.eval.budget_elements, leave_out_junk=True)
+    if top is not None:
+      result = search_lib.result_of_ranking(top.index, top.visual, top.score, query, gallery,
+                                            st_model)
       search_lib.write_rank_lists(files.join(workdir, search_lib.RANK_LISTS_FILE),
-                                  search_lib.rank_lists(found, query, gallery),
+                                  search_lib.rank_lists(result, query, gallery),
                                   time_unit="frames")
     if writer is not None:
       writer.scalars(step, {f"eval/{kind}/{k}": r[k] for kind, r in results.items()

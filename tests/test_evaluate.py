@@ -15,8 +15,9 @@ from jreid import scoring
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL = ("visual", "st", "visual_rerank", "st_rerank")
 
-# Runs in a child process: every method's ranks, on the mesh of all devices (of all
-# processes) and, in process 0, on a mesh of one device; prints them as JSON.
+# Runs in a child process: every method's ranks and the top items, on the mesh of all
+# devices (of all processes) and, in process 0, on a mesh of one device; prints them
+# as JSON.
 _CHILD = r"""
 import json, sys
 import numpy as np
@@ -40,11 +41,14 @@ table /= table.sum(axis=2, keepdims=True)
 kw = dict(bin_width=100, fusion=scoring.FusionParams(), methods=%(methods)r,
           rerank=evaluate.RerankParams(6, 3, 0.3), budget_elements=%(budget)d)
 out = {"devices": jax.device_count()}
-ranks = evaluate.method_ranks(query, gallery, table, mesh=sharding.make_mesh(), **kw)
-out["all"] = {k: v.tolist() for k, v in ranks.items()}
+def run(mesh):
+  ranks, top = evaluate.method_ranks(query, gallery, table, mesh=mesh, top_k=9, **kw)
+  found = {k: v.tolist() for k, v in ranks.items()}
+  found.update(top_index=top.index.tolist(), top_score=top.score.tolist())
+  return found
+out["all"] = run(sharding.make_mesh())
 if jax.process_index() == 0:
-  one = jax.make_mesh((1,), ("data",), devices=jax.local_devices()[:1])
-  out["one"] = {k: v.tolist() for k, v in evaluate.method_ranks(query, gallery, table, mesh=one, **kw).items()}
+  out["one"] = run(jax.make_mesh((1,), ("data",), devices=jax.local_devices()[:1]))
 print("RESULT " + json.dumps(out))
 """
 
@@ -69,7 +73,7 @@ def test_two_devices_equal_one_device(methods, budget):
   found = _result(_child(methods, budget, "none", "1", "0", env=env))
   assert found["devices"] == 2
   assert found["all"] == found["one"]
-  assert set(found["all"]) == set(methods)
+  assert set(found["all"]) == set(methods) | {"top_index", "top_score"}
 
 
 def test_two_processes_equal_one_process():
@@ -114,9 +118,68 @@ def test_hand_case_through_evaluate():
   q = records.Records(np.array([1]), np.array([0]), np.array([0]), f[:1])
   g = records.Records(np.array([2, 1, 2, 1]), np.array([0, 1, 1, 0]), np.zeros(4, int), f[1:])
   ranks = evaluate.method_ranks(q, g, None, bin_width=100, fusion=scoring.FusionParams(),
-                                methods=["visual"])["visual"]
+                                methods=["visual"])[0]["visual"]
   assert ranks.tolist() == [[1, 2**31 - 1]]  # id 1 has 2 gallery images: one column pads
   m = evaluate.evaluate(q, g, None, bin_width=100, methods=["visual"], max_rank=3)["visual"]
   assert m.cmc.tolist() == [0.0, 1.0, 1.0]
   # Trapezoid AP: (previous precision 0/1 + precision 1/2) / 2.
   assert m.mAP == 0.25 and m.mAP_plain == 0.5 and m.num_valid_queries == 1
+
+
+def _dyadic_world(seed=0, Q=7, G=50, D=8, C=3, H=6, width=10):
+  """Dyadic features (exact dot products in any order, so tiles cannot change a score),
+  ties (gallery rows 10..14 repeat rows 0..4), junk of both kinds (ids -1; the query's
+  id in its camera) and an ST table with zero same-camera bins."""
+  rng = np.random.default_rng(seed)
+  gf = rng.integers(-4, 5, (G, D)).astype(np.float32) / 8
+  gc, gt = rng.integers(0, C, G), rng.integers(0, width * (H + 2), G)
+  gf[10:15], gc[10:15], gt[10:15] = gf[0:5], gc[0:5], gt[0:5]
+  gid = np.arange(G) % 9
+  gid[rng.random(G) < 0.2] = -1
+  qf = rng.integers(-4, 5, (Q, D)).astype(np.float32) / 8
+  qf[0] = gf[0]
+  query = records.Records(np.arange(Q), rng.integers(0, C, Q), rng.integers(0, width * (H + 2), Q),
+                          qf)
+  table = rng.random((C, C, H))
+  for c in range(C):
+    table[c, c] = 0
+  return query, records.Records(gid, gc, gt, gf), table
+
+
+@pytest.mark.parametrize("with_st", [True, False])
+@pytest.mark.parametrize("methods, budget", [
+    (ALL, 1 << 20),               # re-ranking: one tile of all items, queries left out
+    (("visual", "st"), 60),       # columns tiled, two sweeps, a shifted last tile
+    ((), 1 << 20)])               # the top items alone
+def test_top_items_equal_search_top_k(with_st, methods, budget):
+  from jreid import search, st  # pylint: disable=g-import-not-at-top
+  query, gallery, table = _dyadic_world()
+  model = st.STModel(table=table, params=st.STParams(bin_width=10, num_bins=table.shape[2]))
+  methods = [m for m in methods if with_st or evaluate.METHODS[m].score == "visual"]
+  _, got = evaluate.method_ranks(query, gallery, table if with_st else None, bin_width=10,
+                                 fusion=scoring.FusionParams(), methods=methods,
+                                 rerank=evaluate.RerankParams(6, 3, 0.3),
+                                 budget_elements=budget, top_k=12)
+  want = search.top_k(query, gallery, model if with_st else None, scoring.FusionParams(), k=12,
+                      leave_out_junk=True)
+  assert got.kind == ("st" if with_st else "visual")
+  np.testing.assert_array_equal(got.index, want.index)
+  np.testing.assert_array_equal(got.score, want.score)
+  np.testing.assert_array_equal(got.visual, want.visual)
+
+
+def test_top_items_end_with_junk_when_too_few_are_left():
+  # 6 gallery items, 3 of them junk for the query (id -1 twice; its id in its camera):
+  # the 3 others by score, then the junk items by index with score -inf.
+  f = np.array([[1, 0], [0, 1], [1, 0], [0.6, 0.8], [0.8, 0.6], [1, 0]], np.float32)
+  q = records.Records(np.array([5]), np.array([0]), np.array([0]), f[:1])
+  g = records.Records(np.array([-1, 7, 5, 8, -1, 5]), np.array([1, 1, 0, 1, 0, 1]),
+                      np.zeros(6, int), f)
+  _, top = evaluate.method_ranks(q, g, None, bin_width=100, fusion=scoring.FusionParams(),
+                                 methods=["visual"], top_k=10)
+  assert top.index.tolist() == [[5, 3, 1, 0, 2, 4]]
+  np.testing.assert_allclose(top.score[0, :3], [1.0, 0.6, 0.0])
+  assert np.isneginf(top.score[0, 3:]).all()
+  with pytest.raises(ValueError, match="top_k"):
+    evaluate.method_ranks(q, g, None, bin_width=100, fusion=scoring.FusionParams(),
+                          methods=["visual"], top_k=-1)

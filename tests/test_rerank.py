@@ -70,10 +70,10 @@ def test_matches_dense_paper_implementation(k1, k2, lam):
   rng = np.random.default_rng(5)
   table = numpy_reference.fit_st(rng.integers(0, 12, 200), rng.integers(0, 3, 200),
                                  rng.integers(0, 3000, 200), 3, num_bins=40, sigma=3)
-  got = evaluate.method_ranks(query, gallery, table, bin_width=100,
-                              fusion=scoring.FusionParams(),
-                              methods=["visual_rerank", "st_rerank"],
-                              rerank=rerank.RerankParams(k1, k2, lam), budget_elements=300)
+  got, _ = evaluate.method_ranks(query, gallery, table, bin_width=100,
+                                 fusion=scoring.FusionParams(),
+                                 methods=["visual_rerank", "st_rerank"],
+                                 rerank=rerank.RerankParams(k1, k2, lam), budget_elements=300)
   f = np.concatenate([query.features, gallery.features])
   cams = np.concatenate([query.cameras, gallery.cameras])
   times = np.concatenate([query.times, gallery.times])

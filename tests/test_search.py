@@ -423,8 +423,14 @@ def test_evaluation_writes_rank_lists(tmp_path):
   config.eval.top_k = 5
   stages.evaluate(query, gallery, model, config, str(tmp_path))
   data = json.loads((tmp_path / search.RANK_LISTS_FILE).read_text())
-  want = search.top_k(query, gallery, model, stages.fusion_params(config), 5)
+  # The lists come from the evaluation's pass: the same items and scores as a search
+  # (dyadic features: exact scores in any tiling).
+  want = search.top_k(query, gallery, model, stages.fusion_params(config), 5,
+                      leave_out_junk=True)
   assert data["ranked_by"] == "joint" and data["k"] == 5 and data["time_unit"] == "frames"
   assert [[r["image"] for r in q["results"]] for q in data["queries"]] == [
       [f"g{i}.jpg" for i in row] for row in want.index.tolist()]
+  for field, values in (("visual", want.visual), ("st_probability", want.st_probability),
+                        ("joint", want.joint)):
+    assert [[r[field] for r in q["results"]] for q in data["queries"]] == values.tolist()
   assert data["queries"][0]["results"][0]["camera"] == f"c{gallery.cameras[want.index[0, 0]] + 1}"
