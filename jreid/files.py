@@ -48,6 +48,8 @@ def makedirs(p: PathLike) -> None:
 
 
 def listdir(p: PathLike) -> list[str]:
+  if not is_remote(p):
+    return sorted(os.listdir(p))  # a Path object per entry took ~0.5 s for Market's 12,936
   return sorted(child.name for child in epath.Path(p).iterdir())
 
 

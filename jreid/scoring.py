@@ -8,6 +8,7 @@ See ``docs/reference.md`` section 3.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +115,7 @@ def fused_scores(visual: jax.Array, st_table: jax.Array | None, bin_width: int,
   return joint_scores(visual, prob, fusion)
 
 
+@functools.partial(jax.jit, static_argnames="fusion")  # one program, not one per op
 def st_factor_table(table: jax.Array, fusion: FusionParams) -> jax.Array:
   """f(P; lambda_st, gamma_st) of every bin, float32 [C, C, H + 1]; bin H holds f(0).
 

@@ -167,6 +167,10 @@ def top_k(query: Records, gallery: Records, st_model: st_lib.STModel | None = No
   return SearchResult(index, visual, prob, joint, "joint", Q * G, beyond)
 
 
+# One program for the lookup (op by op, it compiled every primitive: ~1 s per job).
+_pair_st_probabilities = jax.jit(scoring.pair_st_probabilities, static_argnums=1)
+
+
 def result_of_ranking(index: np.ndarray, visual: np.ndarray, score: np.ndarray,
                       query: Records, gallery: Records,
                       st_model: st_lib.STModel | None) -> SearchResult:
@@ -180,7 +184,7 @@ def result_of_ranking(index: np.ndarray, visual: np.ndarray, score: np.ndarray,
   index = np.asarray(index, np.int64)
   if st_model is None:
     return SearchResult(index, visual, None, None, "visual", len(query) * len(gallery))
-  prob = scoring.pair_st_probabilities(
+  prob = _pair_st_probabilities(
       jnp.asarray(st_model.table, jnp.float32), int(st_model.params.bin_width),
       jnp.asarray(query.cameras[:, None], jnp.int32), jnp.asarray(query.times[:, None], jnp.int32),
       jnp.asarray(gallery.cameras[index], jnp.int32), jnp.asarray(gallery.times[index], jnp.int32))
