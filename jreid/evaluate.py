@@ -236,19 +236,19 @@ def square_tiles(items_per_device: int, k: int, budget_elements: int) -> tuple[i
 _EMPTY_INDEX = np.iinfo(np.int32).max
 
 
-def _merge_nearest(dists, indices, k):
+def _merge_nearest(dists, indices, k, payloads=()):
   """The k smallest (distance, index) pairs of each row over candidate lists,
   lexicographically (ties go to the lower index).
 
   Args:
     dists, indices: sequences of float32 / int32 [..., M_l] lists, joined on the last axis.
+    payloads: sequences of [..., M_l] lists that travel with their pairs.
   Returns:
-    (float32 [..., k], int32 [..., k]).
+    (float32 [..., k], int32 [..., k], then each payload [..., k]).
   """
-  dist = jnp.concatenate(dists, axis=-1)
-  index = jnp.concatenate(indices, axis=-1)
-  dist, index = jax.lax.sort((dist, index), dimension=dist.ndim - 1, num_keys=2)
-  return dist[..., :k], index[..., :k]
+  operands = tuple(jnp.concatenate(x, axis=-1) for x in (dists, indices, *payloads))
+  operands = jax.lax.sort(operands, dimension=operands[0].ndim - 1, num_keys=2)
+  return tuple(x[..., :k] for x in operands)
 
 
 def _neighbour_kernel(mesh, kinds, k, tile, tiles_per_device, bin_width, fusion):
@@ -492,12 +492,15 @@ def _ranks_kernel(mesh, methods, block, tile, first_gallery, num_gallery, num_it
         new.append(hist[m] + metrics.negatives_histogram(
             s, gallery_offset, valid, junk_cols, good, junk, sorted_scores, sorted_index))
       if top_k:
-        top = _merge_top((top, _tile_top(top_scores, cosine, gallery_offset, valid, junk_cols,
-                                          junk, top_width)), top_k)
+        order, index, top_cosine = top
+        new_order, new_index, new_cosine = _tile_top(top_scores, cosine, gallery_offset, valid,
+                                                     junk_cols, junk, top_width)
+        top = _merge_nearest((order, new_order), (index, new_index), top_k,
+                             ((top_cosine, new_cosine),))
       return stack(new, hist), best, top
 
     top = tuple(jnp.full(good.shape[:1] + (top_k,), v, dtype)
-                for v, dtype in ((-jnp.inf, jnp.float32), (_EMPTY_INDEX, jnp.int32),
+                for v, dtype in ((jnp.inf, jnp.float32), (_EMPTY_INDEX, jnp.int32),
                                  (0.0, jnp.float32)))
     if num_tiles == 1:
       hist, _, top = count(0, (hist, None, top))
@@ -511,8 +514,8 @@ def _ranks_kernel(mesh, methods, block, tile, first_gallery, num_gallery, num_it
         jnp.zeros((0,), jnp.int32))
     # The devices' top items, merged (every device ends with the same lists).
     if top_k:
-      top = _merge_top((tuple(jax.lax.all_gather(x, AXIS, axis=1, tiled=True) for x in top),),
-                       top_k)
+      order, index, top_cosine = (jax.lax.all_gather(x, AXIS, axis=1, tiled=True) for x in top)
+      top = _merge_nearest((order,), (index,), top_k, ((top_cosine,),))
     return ranks, jax.lax.pmax(used, AXIS), top
 
   cols_spec = _Columns(*(P(AXIS),) * 5)
@@ -522,10 +525,10 @@ def _ranks_kernel(mesh, methods, block, tile, first_gallery, num_gallery, num_it
                        out_specs=(P(), P(), (P(),) * 3), check_vma=False)
 
 
-# The selection key of a junk item among the top items: below every real score, above
-# columns that are no gallery item (-inf), so that with fewer than k items left the
-# lists end with junk items by gallery index, as ``search.top_k`` gives them.
-_JUNK_KEY = np.float32(np.finfo(np.float32).min)
+# The order key (-score) of a junk item among the top items: after every real item,
+# before columns that are no gallery item (+inf), so that with fewer than k items left
+# the lists end with junk items by gallery index, as ``search.top_k`` gives them.
+_JUNK_ORDER = np.float32(np.finfo(np.float32).max)
 
 
 def _tile_top(scores, cosine, gallery_offset, valid, junk_cols, junk, width):
@@ -536,26 +539,19 @@ def _tile_top(scores, cosine, gallery_offset, valid, junk_cols, junk, width):
     valid, junk_cols: bool [L]: a gallery item of this tile; gallery id -1.
     junk: int32 [c, J] each query's same-id same-camera gallery items (padding outside).
   Returns:
-    (selection key, gallery index, cosine) [c, width]: key = the score, ``_JUNK_KEY``
-    for junk, -inf for columns that are no gallery item (index ``_EMPTY_INDEX``).
+    (order key, gallery index, cosine) [c, width], by the order key ascending (what
+    ``_merge_nearest`` merges): -score, ``_JUNK_ORDER`` for junk, +inf for columns
+    that are no gallery item (index ``_EMPTY_INDEX``).
   """
   c, L = scores.shape
   rows = jnp.arange(c)[:, None]
   local = jnp.where((junk >= gallery_offset) & (junk < gallery_offset + L),
                     junk - gallery_offset, L)
   is_junk = jnp.zeros((c, L), bool).at[rows, local].set(True, mode="drop") | junk_cols[None, :]
-  key = jnp.where(valid[None, :], jnp.where(is_junk, _JUNK_KEY, scores), -jnp.inf)
-  key, position = jax.lax.top_k(key, width)
-  index = jnp.where(key > -jnp.inf, gallery_offset + position, _EMPTY_INDEX).astype(jnp.int32)
-  return key, index, jnp.take_along_axis(cosine, position, axis=1)
-
-
-def _merge_top(lists, k):
-  """The k best of (key, index, cosine) lists [c, *] joined: by key, ties to the lower
-  index."""
-  key, index, cosine = (jnp.concatenate(x, axis=1) for x in zip(*lists))
-  neg_key, index, cosine = jax.lax.sort((-key, index, cosine), dimension=1, num_keys=2)
-  return -neg_key[:, :k], index[:, :k], cosine[:, :k]
+  order = jnp.where(valid[None, :], jnp.where(is_junk, _JUNK_ORDER, -scores), jnp.inf)
+  negated, position = jax.lax.top_k(-order, width)  # the smallest order keys, lower index first
+  index = jnp.where(negated > -jnp.inf, gallery_offset + position, _EMPTY_INDEX)
+  return -negated, index.astype(jnp.int32), jnp.take_along_axis(cosine, position, axis=1)
 
 
 # ----------------------------------------------------------------------------------------
@@ -865,10 +861,10 @@ def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, 
                "(compilation %.2f s; run %s)", Q, G, place.devices, what,
                time.time() - job_start, timer.compile_s,
                ", ".join(f"{k} {v:.2f} s" for k, v in timer.run_s.items()))
-  key, index, visual = top
+  order, index, visual = top
   return ({m: ranks[i] for i, m in enumerate(methods)},
-          TopItems(index, np.where(key == _JUNK_KEY, -np.inf, key).astype(np.float32), visual,
-                   top_kind) if top_k else None)
+          TopItems(index, np.where(order == _JUNK_ORDER, -np.inf, -order).astype(np.float32),
+                   visual, top_kind) if top_k else None)
 
 
 def evaluate(query: Records, gallery: Records, st_table: np.ndarray | None, *,
