@@ -89,7 +89,7 @@ def training_config() -> ml_collections.ConfigDict:
   config.augment.erase_probability = 0.5
   config.augment.erase_area = (0.02, 0.4)
   config.augment.erase_min_aspect = 0.3
-  config.augment.pad = 0          # pad-and-crop: pixels of black padding, then a random crop (0: off)
+  config.augment.pad = 0          # pad-and-crop: pixels of padding (the mean colour), then a random crop (0: off)
 
   config.model = ml_collections.ConfigDict()
   config.model.depth = 50

@@ -179,22 +179,29 @@ def draw(seed: int, step: jax.Array, batch_size: int, params: AugmentParams) -> 
 
 
 def train_input(images: jax.Array, draws: jax.Array, size: tuple[int, int],
-                params: AugmentParams, dtype: Any = jnp.float32) -> jax.Array:
+                params: AugmentParams, dtype: Any = jnp.float32,
+                crop_offsets: jax.Array | None = None, crop_pad: int = 0) -> jax.Array:
   """uint8 [B, h, w, 3] -> augmented ``dtype`` [B, H, W, 3] training inputs.
 
   ``to_model_input`` (bicubic resize to ``size``, clip, / 255, ImageNet
   normalisation, cast to ``dtype``), then a horizontal flip where draws[:, 0] < 1/2
-  (if params.flip) and random erasing (fill 0, after normalisation) from
-  draws[:, 1:] (see ``erase_rectangle``). The old host pipeline's order and law.
+  (if params.flip), then with ``crop_pad`` pad-and-crop at ``crop_offsets``
+  (``pad_and_crop``, padding with 0: the mean colour), and random erasing (fill 0,
+  after normalisation) from draws[:, 1:] (see ``erase_rectangle``). Without
+  pad-and-crop: the old host pipeline's order and law; with it, the strong
+  baseline's order (flip, pad-and-crop, erasing).
 
   Args:
     draws: float32 [B, params.num_draws] uniform in [0, 1) (``draw``).
+    crop_offsets: int [B, 2] (``crop_offsets``), with ``crop_pad`` > 0.
   """
   H, W = size
   x = to_model_input(images, size, dtype)
   if params.flip:
     flip = draws[:, 0] < 0.5
     x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
+  if crop_pad > 0:
+    x = pad_and_crop(x, crop_offsets, crop_pad)
   if params.erase_probability > 0:
     mask = jax.vmap(lambda u: erase_mask(u, H, W, params))(draws[:, 1:])
     x = jnp.where(mask[..., None], jnp.zeros((), dtype), x)
@@ -202,7 +209,7 @@ def train_input(images: jax.Array, draws: jax.Array, size: tuple[int, int],
 
 
 # Pad-and-crop (Luo et al. 2019: pad each image by 10 pixels and crop a random window of
-# the original size back out), for the strong baseline; after the rest of the input work.
+# the original size back out), for the strong baseline; between the flip and erasing.
 
 def pad_and_crop(images: jax.Array, offsets: jax.Array, pad: int,
                  fill: Sequence[float] | float = 0.0) -> jax.Array:
@@ -229,10 +236,14 @@ def pad_and_crop(images: jax.Array, offsets: jax.Array, pad: int,
              for dx in range(2 * pad + 1))
 
 
+def crop_offsets(key: jax.Array, batch_size: int, pad: int) -> jax.Array:
+  """int32 [B, 2] crop offsets uniform in [0, 2 pad] per image and axis (key: a PRNG key)."""
+  return jax.random.randint(key, (batch_size, 2), 0, 2 * pad + 1)
+
+
 def random_pad_crop(images: jax.Array, key: jax.Array, pad: int,
                     fill: Sequence[float] | float = 0.0) -> jax.Array:
-  """pad_and_crop with offsets uniform in [0, 2 pad] per image and axis (key: a PRNG key)."""
+  """pad_and_crop at ``crop_offsets(key, ...)`` (images already normalised)."""
   if pad <= 0:
     return images
-  offsets = jax.random.randint(key, (images.shape[0], 2), 0, 2 * pad + 1)
-  return pad_and_crop(images, offsets, pad, fill)
+  return pad_and_crop(images, crop_offsets(key, images.shape[0], pad), pad, fill)

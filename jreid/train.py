@@ -114,8 +114,8 @@ def make_train_step(graphdef, mesh, seed: int, image_size: tuple[int, int],
   and erased on the device in the model's compute dtype (``augment.train_input``),
   with draws from (seed, step, position in the global batch). A float "image"
   [B, H, W, 3] is taken as ready model input (benchmarks: the step without input work).
-  crop_pad: on-device pad-and-crop after that (``augment.random_pad_crop``; padding 0 is the mean
-  colour after normalisation), 0: off. loss: keyword arguments of
+  crop_pad: on-device pad-and-crop between the flip and erasing (``augment.train_input``;
+  padding 0 is the mean colour after normalisation), 0: off. loss: keyword arguments of
   ``losses.reid_loss`` (label_smoothing, triplet_weight, margin; none: the
   reference's PCB loss).
   """
@@ -128,12 +128,14 @@ def make_train_step(graphdef, mesh, seed: int, image_size: tuple[int, int],
     model, optimizer = merged["model"], merged["optimizer"]
     key = jax.random.fold_in(base_key, step)
     images = batch["image"]
+    crop_key = jax.random.fold_in(key, 1)
     if images.dtype == jnp.uint8:
       draws = augment.draw(seed, step, images.shape[0], augment_params)
+      offsets = augment.crop_offsets(crop_key, images.shape[0], crop_pad) if crop_pad else None
       images = augment.train_input(images, draws, size, augment_params,
-                                   model.config.backbone.dtype)
-
-    images = augment.random_pad_crop(images, jax.random.fold_in(key, 1), crop_pad)
+                                   model.config.backbone.dtype, offsets, crop_pad)
+    else:
+      images = augment.random_pad_crop(images, crop_key, crop_pad)
 
     def loss_fn(model):
       logits, embeddings = model(images, rngs=nnx.Rngs(dropout=key))

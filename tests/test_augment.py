@@ -137,6 +137,26 @@ def test_flip_and_erasing_in_the_training_input():
   np.testing.assert_allclose(out[:, ~mask], plain[:, ~mask], atol=2e-2)
 
 
+def test_pad_and_crop_comes_between_flip_and_erasing():
+  # The strong baseline's order: flip, pad-and-crop, then erasing, so the erased
+  # rectangle sits where its draws put it in the cropped image (not shifted with it).
+  images = jnp.asarray(np.random.default_rng(3).integers(0, 256, (2, 16, 8, 3)), jnp.uint8)
+  plain = np.asarray(augment.to_model_input(images, (32, 16)))
+  p = augment.AugmentParams()
+  draws = jnp.stack([jnp.concatenate([jnp.array([0.2]),  # flipped
+                                      _draws(10, [0.5], [0.5], [0.25], [0.5], 0.1)])] * 2)
+  offsets = jnp.array([[0, 0], [4, 4]])  # pad 2: shift down-right by 2; shift up-left by 2
+  out = np.asarray(augment.train_input(images, draws, (32, 16), p, crop_offsets=offsets,
+                                       crop_pad=2))
+  flipped = plain[:, :, ::-1]
+  want = np.array(augment.pad_and_crop(jnp.asarray(flipped), offsets, 2))
+  mask = np.asarray(augment.erase_mask(draws[0, 1:], 32, 16, p))
+  assert mask.sum() > 0
+  want[:, mask] = 0.0
+  np.testing.assert_array_equal(out, want)
+  assert (out[0, :2] == 0).all() and (out[0, 2:, 2:][~mask[2:, 2:]] != 0).any()
+
+
 def test_draws_depend_on_seed_step_and_global_position_only():
   p = augment.AugmentParams()
   a = np.asarray(augment.draw(0, jnp.int32(5), 8, p))
