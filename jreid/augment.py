@@ -201,6 +201,8 @@ def train_input(images: jax.Array, draws: jax.Array, size: tuple[int, int],
     flip = draws[:, 0] < 0.5
     x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
   if crop_pad > 0:
+    if crop_offsets is None:
+      raise ValueError(f"crop_pad={crop_pad} needs crop_offsets (augment.crop_offsets)")
     x = pad_and_crop(x, crop_offsets, crop_pad)
   if params.erase_probability > 0:
     mask = jax.vmap(lambda u: erase_mask(u, H, W, params))(draws[:, 1:])

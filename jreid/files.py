@@ -48,8 +48,8 @@ def makedirs(p: PathLike) -> None:
 
 
 def listdir(p: PathLike) -> list[str]:
-  if not is_remote(p):
-    return sorted(os.listdir(p))  # a Path object per entry took ~0.5 s for Market's 12,936
+  if not is_remote(p):  # a Path object per entry took ~0.5 s for Market's 12,936 names
+    return sorted(n for n in os.listdir(p) if not n.endswith("~"))  # as etils lists
   return sorted(child.name for child in epath.Path(p).iterdir())
 
 

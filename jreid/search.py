@@ -179,11 +179,14 @@ def result_of_ranking(index: np.ndarray, visual: np.ndarray, score: np.ndarray,
 
   Args:
     index: int [Q, k] gallery rows; visual: float32 [Q, k] cosine; score: float32
-      [Q, k] the joint score with ``st_model``, else the visual one.
+      [Q, k] the joint score with ``st_model``, else the visual one (-inf: junk).
+  Returns:
+    What ``top_k`` returns for these items: without ``st_model`` the visual field is
+    the ranking score (-inf for junk), as there.
   """
   index = np.asarray(index, np.int64)
   if st_model is None:
-    return SearchResult(index, visual, None, None, "visual", len(query) * len(gallery))
+    return SearchResult(index, score, None, None, "visual", len(query) * len(gallery))
   prob = _pair_st_probabilities(
       jnp.asarray(st_model.table, jnp.float32), int(st_model.params.bin_width),
       jnp.asarray(query.cameras[:, None], jnp.int32), jnp.asarray(query.times[:, None], jnp.int32),

@@ -180,6 +180,13 @@ def test_top_items_end_with_junk_when_too_few_are_left():
   assert top.index.tolist() == [[5, 3, 1, 0, 2, 4]]
   np.testing.assert_allclose(top.score[0, :3], [1.0, 0.6, 0.0])
   assert np.isneginf(top.score[0, 3:]).all()
+  # As a search result it is what search.top_k gives (visual -inf for junk there too).
+  from jreid import search  # pylint: disable=g-import-not-at-top
+  got = search.result_of_ranking(top.index, top.visual, top.score, q, g, None)
+  want = search.top_k(q, g, None, scoring.FusionParams(), k=10, leave_out_junk=True)
+  np.testing.assert_array_equal(got.index, want.index)
+  np.testing.assert_array_equal(got.visual, want.visual)
+  assert got.ranked_by == want.ranked_by == "visual"
   with pytest.raises(ValueError, match="top_k"):
     evaluate.method_ranks(q, g, None, bin_width=100, fusion=scoring.FusionParams(),
                           methods=["visual"], top_k=-1)
