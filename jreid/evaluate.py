@@ -167,12 +167,15 @@ class _Placement:
   def __init__(self, mesh):
     self.mesh = mesh
     self.devices = mesh.size
-    self.rows = jax.sharding.NamedSharding(mesh, P(AXIS))
     self.copies = sharding.replicated(mesh)
+
+  def named(self, spec=None) -> jax.sharding.NamedSharding:
+    """The mesh's sharding of ``spec`` (None: replicated)."""
+    return self.copies if spec is None else jax.sharding.NamedSharding(self.mesh, spec)
 
   def put(self, x, spec=None):
     x = np.asarray(x)
-    target = self.copies if spec is None else jax.sharding.NamedSharding(self.mesh, spec)
+    target = self.named(spec)
     if jax.process_count() == 1:
       return jax.device_put(x, target)  # on CPU with one device: aliases the host array
     return jax.make_array_from_callback(x.shape, target, lambda index: x[index])
@@ -569,7 +572,7 @@ def _neighbour_pass(place, timer, kinds, cols, num_items, k, tile, table, bin_wi
   state = jax.jit(lambda: (jnp.full((len(kinds), total, k), jnp.inf, jnp.float32),
                            jnp.full((len(kinds), total, k), _EMPTY_INDEX, jnp.int32),
                            jnp.full((len(kinds), total), -jnp.inf, jnp.float32)),
-                  out_shardings=(jax.sharding.NamedSharding(place.mesh, P(None, AXIS)),) * 3)()
+                  out_shardings=(place.named(P(None, AXIS)),) * 3)()
   num_tiles = tiles_per_device * devices
   row_tile = lambda i: place.put(np.int32(i))
   kernel = timer.compile("neighbour pass", _neighbour_kernel(
