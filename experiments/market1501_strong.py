@@ -32,8 +32,11 @@ Choices the paper leaves open (or that differ in jreid), as set here:
   paper's torchvision Pad pads with black); random erasing fills with the ImageNet mean (0 after normalisation) with
   area 0.02-0.4 and aspect from 0.3 (the paper's values).
 - Images resized bicubically (jreid's pipeline; torchvision's default is bilinear).
-- P x K sampling: identities in random order, K images of each (with replacement
-  when an identity has fewer); an epoch has as many batches as a random one.
+- P x K sampling: the authors' RandomIdentitySampler (jreid.data.pipeline.identity_pass):
+  each identity's images shuffled into chunks of K (drawn up to K with replacement
+  when it has fewer), P identities with chunks left drawn per batch; a pass visits
+  every image about once. Passes follow one another so that an epoch has as many
+  batches as a random one (the authors' epoch is one pass, a few batches shorter).
 """
 
 from experiments import base

@@ -120,6 +120,10 @@ def training_digest(config: ml_collections.ConfigDict, data_digest: str) -> str:
   """Digest of what shapes the checkpoints: the training sections but train.epochs."""
   sections = {k: config[k].to_dict() for k in TRAINING_SECTIONS if k in config}
   sections["train"] = {k: v for k, v in sections.get("train", {}).items() if k != "epochs"}
+  if sections.get("data", {}).get("sampler") == "pk":
+    # P x K orders changed to the strong baseline's identity passes: checkpoints of the
+    # earlier orders are other training, not this one's.
+    sections["data"]["pk_order"] = "identity_pass"
   return digest(dict(sections=sections, data=data_digest))
 
 

@@ -162,12 +162,37 @@ def test_pk_sampler():
   labels = np.repeat(np.arange(6), [5, 1, 3, 4, 2, 6])
   order = pipeline.epoch_order(labels, seed=0, epoch=0, sampler="pk", ids_per_batch=3,
                                images_per_id=2, batch_size=6)
-  assert len(order) == (len(labels) // 6) * 6
+  assert len(order) == (len(labels) // 6) * 6  # as many batches as the random sampler
   for batch in order.reshape(-1, 6):
     lab = labels[batch].reshape(3, 2)
     assert (lab[:, 0] == lab[:, 1]).all() and len(set(lab[:, 0])) == 3
   with pytest.raises(ValueError, match="pk sampling needs batch"):
     pipeline.epoch_order(labels, 0, 0, "pk", 3, 2, batch_size=8)
+  with pytest.raises(ValueError, match="at least ids_per_batch = 7 identities, got 6"):
+    pipeline.epoch_order(labels, 0, 0, "pk", 7, 1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_identity_pass_covers_each_image_once_as_the_strong_baseline(seed):
+  """Luo et al.'s RandomIdentitySampler: chunks of K per id, ids drawn while >= P have chunks."""
+  counts = [5, 1, 3, 4, 2, 6, 9, 2]
+  labels = np.repeat(np.arange(len(counts)), counts)
+  P, K = 3, 2
+  order = pipeline.identity_pass(labels, np.random.default_rng(seed), P, K)
+  batches = order.reshape(-1, P, K)
+  lab = labels[batches]
+  assert (lab == lab[:, :, :1]).all()                        # K images of one id, adjacent
+  assert all(len(set(b[:, 0])) == P for b in lab)           # P different ids
+  used = np.bincount(lab[:, :, 0].ravel(), minlength=len(counts))
+  chunks = np.maximum(counts, K) // K                        # remainders below K left out
+  assert (used <= chunks).all()
+  assert (used < chunks).sum() < P                           # stops when fewer than P ids remain
+  for i, n in enumerate(counts):
+    mine = order[labels[order] == i]
+    if n >= K:
+      assert len(set(mine.tolist())) == len(mine)           # no image twice in a pass
+    else:
+      assert set(mine.tolist()) == set(np.flatnonzero(labels == i).tolist())  # drawn up to K
 
 
 def test_two_shards_in_one_process_concatenate(builder):

@@ -98,14 +98,50 @@ def identity_labels(builder: tfds.core.DatasetBuilder) -> np.ndarray:
   return np.unique(np.concatenate(ids))
 
 
+def identity_pass(labels: np.ndarray, rng: np.random.Generator, ids_per_batch: int,
+                  images_per_id: int) -> np.ndarray:
+  """One pass of P x K batches over every image, as the strong baseline's sampler.
+
+  Luo et al.'s ``RandomIdentitySampler`` (reid-strong-baseline,
+  ``data/samplers/triplet_sampler.py``): each identity's images are shuffled and cut
+  into chunks of K (an identity with fewer than K images is drawn up to K with
+  replacement; a remainder of fewer than K is left out of this pass); then, while
+  at least P identities have chunks left, P of them are drawn at random (without
+  replacement) and each gives its next chunk. So every image is visited about once
+  per pass and an identity appears in proportion to its images.
+
+  Returns:
+    int64 [n * P * K] positions in ``labels``: n whole batches, P ids x K images
+    each, the K images of an id adjacent.
+  """
+  P, K = ids_per_batch, images_per_id
+  chunks = {}
+  by_label = np.argsort(labels, kind="stable")
+  ids, starts = np.unique(labels[by_label], return_index=True)
+  for i, pool in zip(ids.tolist(), np.split(by_label, starts[1:])):
+    if len(pool) < K:
+      pool = rng.choice(pool, K, replace=True)
+    pool = rng.permutation(pool)
+    chunks[i] = [pool[j * K:(j + 1) * K] for j in range(len(pool) // K)]
+  available = sorted(chunks)
+  order = []
+  while len(available) >= P:
+    for i in rng.choice(available, P, replace=False).tolist():
+      order.append(chunks[i].pop(0))
+      if not chunks[i]:
+        available.remove(i)
+  return np.concatenate(order).astype(np.int64) if order else np.zeros(0, np.int64)
+
+
 def epoch_order(labels: np.ndarray, seed: int, epoch: int, sampler: str = "random",
                 ids_per_batch: int = 8, images_per_id: int = 4, batch_size: int = 0
                 ) -> np.ndarray:
   """Positions of one epoch, a pure function of (seed, epoch).
 
-  sampler "random": a permutation. "pk": batches of P ids x K images (sampled with
-  replacement where an id has fewer than K), ids in random order; the epoch has as
-  many whole batches as the random one.
+  sampler "random": a permutation. "pk": batches of P ids x K images from
+  ``identity_pass`` (the strong baseline's sampler), passes following one another
+  until the epoch has as many whole batches as the random one (so both samplers
+  train the same number of steps per epoch).
   """
   rng = np.random.default_rng([seed, epoch])
   if sampler == "random":
@@ -116,17 +152,15 @@ def epoch_order(labels: np.ndarray, seed: int, epoch: int, sampler: str = "rando
   if batch_size and batch_size != P * K:
     raise ValueError(f"pk sampling needs batch = ids_per_batch x images_per_id = {P * K}, "
                      f"got {batch_size}")
-  by_id = {}
-  for pos, lab in enumerate(labels):
-    by_id.setdefault(int(lab), []).append(pos)
-  ids = np.array(sorted(by_id))
-  num_batches = len(labels) // (P * K)
-  order = []
-  while len(order) < num_batches * P * K:
-    for i in rng.permutation(ids):
-      pool = by_id[int(i)]
-      order.extend(rng.choice(pool, K, replace=len(pool) < K).tolist())
-  return np.asarray(order[:num_batches * P * K])
+  if len(np.unique(labels)) < P:
+    raise ValueError(f"pk sampling needs at least ids_per_batch = {P} identities, got "
+                     f"{len(np.unique(labels))}")
+  wanted = (len(labels) // (P * K)) * P * K
+  passes, total = [], 0
+  while total < wanted:
+    passes.append(identity_pass(labels, rng, P, K))
+    total += len(passes[-1])
+  return np.concatenate(passes)[:wanted] if passes else np.zeros(0, np.int64)
 
 
 class TrainData:
