@@ -65,6 +65,21 @@ def _result(proc, timeout=600):
   return json.loads([l for l in out.splitlines() if l.startswith("RESULT ")][-1][7:])
 
 
+def _assert_same(found, expected):
+  """Ranks and top items identical; the top items' cosines equal to 1 ulp-scale error.
+
+  Each layout computes its cosines with matmuls of its own shapes (a whole gallery
+  tile on one device, half of it on each of two), and XLA:CPU may sum a dot product in
+  another order for other shapes (on an AVX-512 machine: 6 of 117 cosines, up to 1e-7
+  relative), so the scores are compared to rtol 1e-6 and everything ranked from them
+  exactly.
+  """
+  found, expected = dict(found), dict(expected)
+  np.testing.assert_allclose(found.pop("top_score"), expected.pop("top_score"), rtol=1e-6,
+                             atol=0)
+  assert found == expected
+
+
 @pytest.mark.parametrize("methods, budget", [(ALL, 200), (("visual", "st"), 40)])
 def test_two_devices_equal_one_device(methods, budget):
   # budget 40 with 30 columns per device: 8 queries per chunk < 128, so the gallery
@@ -72,7 +87,7 @@ def test_two_devices_equal_one_device(methods, budget):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
   found = _result(_child(methods, budget, "none", "1", "0", env=env))
   assert found["devices"] == 2
-  assert found["all"] == found["one"]
+  _assert_same(found["all"], found["one"])
   assert set(found["all"]) == set(methods) | {"top_index", "top_score"}
 
 
@@ -83,7 +98,8 @@ def test_two_processes_equal_one_process():
   procs = [_child(ALL, 200, f"localhost:{port}", "2", str(i), env=env) for i in range(2)]
   first, second = [_result(p) for p in procs]
   assert first["devices"] == 2
-  assert first["all"] == second["all"] == first["one"]
+  assert first["all"] == second["all"]  # every process ends with the same lists
+  _assert_same(first["all"], first["one"])
 
 
 def _tiny(seed=0, Q=6, G=20):
