@@ -26,7 +26,8 @@ def test_market_config_is_the_published_recipe():
   assert (c.augment.flip, c.augment.pad, c.augment.erase_probability) == (True, 10, 0.5)
   s = synthetic_strong.get_config()
   validation.validate(s, device_count=1)
-  assert s.train.epochs == 24 and tuple(s.optimizer.decay_epochs) == (8, 14)
+  assert s.train.epochs == 24 and tuple(s.optimizer.decay_epochs) == (18,)
+  assert (s.optimizer.lr, s.optimizer.warmup_epochs, s.train.batch_size) == (1e-3, 2.0, 64)
 
 
 def test_adam_with_warmup_decay_and_coupled_weight_decay():

@@ -1,0 +1,118 @@
+"""Probe: does a trained model's retrieval depend on its pooling, or on its training?
+
+  python benchmarks/pooling_probe.py --workdir=/tmp/pcb --workdir=/tmp/strong [--data_dir=...]
+      [--manual_dir=...]
+
+For each trained workdir of the main job (its latest checkpoint and the data it was
+trained on, ``stages/train.json``), extracts the backbone's feature map of every query
+and gallery image and its flip (as extraction does) and scores the same backbone with
+several poolings of that map at test time: the head's own retrieval feature (the
+baseline, = results.json's ``visual`` row), global average, 2, 3 and 6 horizontal
+stripes (each L2-normalised, as PCB), global max and GeM (p = 3). Prints visual rank-1
+and mAP of each with its difference from the baseline's (points), and writes them to
+``<workdir>/pooling_probe.json``.
+
+If a globally pooled PCB backbone retrieves about as well as its parts while a
+globally trained backbone stays below under every pooling, the gap between them is
+in what training taught the backbone, not in the pooling (docs/strong_baseline.md).
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from jreid import augment  # pylint: disable=g-import-not-at-top
+from jreid import evaluate  # pylint: disable=g-import-not-at-top
+from jreid import jobs  # pylint: disable=g-import-not-at-top
+from jreid import scoring  # pylint: disable=g-import-not-at-top
+from jreid import sharding  # pylint: disable=g-import-not-at-top
+from jreid import stages  # pylint: disable=g-import-not-at-top
+from jreid.models import heads  # pylint: disable=g-import-not-at-top
+
+flags.DEFINE_multi_string("workdir", None, "trained workdirs of the main job", required=True)
+flags.DEFINE_string("data_dir", "", "TFDS data dir of the training run (its default if empty)")
+flags.DEFINE_string("manual_dir", "", "the run's manual_dir (its default if empty)")
+FLAGS = flags.FLAGS
+
+
+def feature_maps(workdir: str, mesh) -> tuple[dict, dict, int]:
+  """split -> (records, {"head": [N, D] retrieval features, "map": [N, h, w, C]}), parts."""
+  from jreid.data import market1501  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from jreid.data import pipeline  # pylint: disable=g-import-not-at-top
+  trained, graphdef, state, _ = jobs.restore_trained(workdir, mesh)
+  config = ml_collections.ConfigDict(trained.to_dict())
+  config.data_dir, config.manual_dir = FLAGS.data_dir, FLAGS.manual_dir
+  builder, _ = stages.prepare_data(config, workdir)
+  size = tuple(config.data.image_size)
+
+  @jax.jit
+  def step(state, images):
+    model = nnx.merge(graphdef, state)["model"]
+    model.eval()
+    x = augment.to_model_input(images, size, model.config.backbone.dtype)
+    maps = [model.backbone(v).astype(jnp.float32) for v in (x, x[:, :, ::-1, :])]
+    head = sum(model.head.retrieval(model.head.pool(m)) for m in maps)
+    return {"head": head.reshape(head.shape[0], -1), "map": maps[0] + maps[1]}
+
+  out = {}
+  for split in ("query", "gallery"):
+    batches, _ = pipeline.eval_batches(builder, split, 128,
+                                       stages.transfer_size(config))
+    parts = {"head": [], "map": []}
+    for batch in batches:
+      got = jax.device_get(step(state, batch["image"]))
+      keep = batch["mask"].astype(bool)
+      for k in parts:
+        parts[k].append(got[k][keep])
+    out[split] = (market1501.split_records(builder, split),
+                  {k: np.concatenate(v) for k, v in parts.items()})
+  return out, int(config.model.parts)
+
+
+def poolings(found: dict, head_parts: int) -> dict[str, tuple[np.ndarray, int]]:
+  """name -> ([N, D] features, parts to normalise) for every probed pooling."""
+  fm = found["map"]
+  out = {"head retrieval (baseline)": (found["head"], head_parts),
+         "global average": (fm.mean(axis=(1, 2)), 1)}
+  for p in (2, 3, 6):
+    out[f"{p} stripes"] = (np.array(heads.part_pool(jnp.asarray(fm), p)).reshape(len(fm), -1), p)
+  out["global max"] = (fm.max(axis=(1, 2)), 1)
+  out["GeM p=3"] = ((np.maximum(fm, 1e-6) ** 3).mean(axis=(1, 2)) ** (1 / 3), 1)
+  return out
+
+
+def main(argv):
+  del argv
+  mesh = sharding.make_mesh()
+  for workdir in FLAGS.workdir:
+    sets, head_parts = feature_maps(workdir, mesh)
+    (query, q_found), (gallery, g_found) = sets["query"], sets["gallery"]
+    q_pools, g_pools = poolings(q_found, head_parts), poolings(g_found, head_parts)
+    results = {}
+    print(f"\n{workdir}\n{'pooling at test time':28s} rank-1     mAP   (against the head's own)")
+    for name, (q, parts) in q_pools.items():
+      g = g_pools[name][0]
+      m = evaluate.evaluate(query.with_features(scoring.l2_normalise_features(q, parts)),
+                            gallery.with_features(scoring.l2_normalise_features(g, parts)),
+                            None, bin_width=1, methods=("visual",), mesh=mesh)["visual"]
+      results[name] = dict(rank1=float(m.cmc[0]), mAP=float(m.mAP))
+      base = next(iter(results.values()))
+      print(f"{name:28s} {100 * m.cmc[0]:6.1f}  {100 * m.mAP:6.1f}   "
+            f"({100 * (m.cmc[0] - base['rank1']):+5.1f}, {100 * (m.mAP - base['mAP']):+5.1f})",
+            flush=True)
+    with open(os.path.join(workdir, "pooling_probe.json"), "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
