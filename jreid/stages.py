@@ -116,14 +116,25 @@ def methods(config: ml_collections.ConfigDict) -> tuple[str, ...]:
                if config.rerank.enabled or not evaluation.METHODS[m].rerank)
 
 
+def training_sections(config: ml_collections.ConfigDict) -> dict:
+  """The config's training sections as JSON values (what the train stamp records).
+
+  P x K configs also carry ``data.pk_order``: the order became the strong baseline's
+  identity passes (``pipeline.identity_pass``), so checkpoints of jreid's earlier
+  P x K order (stamps without it) are other training, and the stale-workdir error
+  names ``data.pk_order``.
+  """
+  sections = json.loads(json.dumps({k: config[k].to_dict() for k in TRAINING_SECTIONS
+                                    if k in config}, default=str))
+  if sections.get("data", {}).get("sampler") == "pk":
+    sections["data"]["pk_order"] = "identity_pass"
+  return sections
+
+
 def training_digest(config: ml_collections.ConfigDict, data_digest: str) -> str:
   """Digest of what shapes the checkpoints: the training sections but train.epochs."""
-  sections = {k: config[k].to_dict() for k in TRAINING_SECTIONS if k in config}
+  sections = training_sections(config)
   sections["train"] = {k: v for k, v in sections.get("train", {}).items() if k != "epochs"}
-  if sections.get("data", {}).get("sampler") == "pk":
-    # P x K orders changed to the strong baseline's identity passes: checkpoints of the
-    # earlier orders are other training, not this one's.
-    sections["data"]["pk_order"] = "identity_pass"
   return digest(dict(sections=sections, data=data_digest))
 
 
@@ -224,8 +235,7 @@ def check_training_products(config, workdir: str, wanted: str) -> None:
     return
   changed = ""
   if stamp is not None and "sections" in stamp:
-    now = json.loads(json.dumps({k: config[k].to_dict() for k in TRAINING_SECTIONS
-                                 if k in config}, default=str))
+    now = training_sections(config)
     diffs = [f"{s}.{k}" for s in sorted(set(now) | set(stamp["sections"]))
              for k in sorted(set(now.get(s, {})) | set(stamp["sections"].get(s, {})))
              if now.get(s, {}).get(k) != stamp["sections"].get(s, {}).get(k)
@@ -262,9 +272,7 @@ def train(config, workdir: str, builder, data_digest: str, mesh):
                "%d steps per epoch", data.num_classes, data.num_images, data.shards,
                data.num_shards, data.steps_per_epoch)
   write_stamp(workdir, "train", wanted, num_classes=data.num_classes,
-              sections=json.loads(json.dumps(
-                  {k: config[k].to_dict() for k in TRAINING_SECTIONS if k in config},
-                  default=str)))
+              sections=training_sections(config))
   return train_lib.train(config, workdir, data.batches, data.num_classes,
                          data.steps_per_epoch, mesh)
 

@@ -72,8 +72,7 @@ def test_checkpoints_of_other_settings_stop_the_job(tmp_path):
                      "--config.overwrite=True"):
     stages.check_training_products(config, workdir, stages.training_digest(config, "d"))
   stages.write_stamp(workdir, "train", stages.training_digest(config, "d"),
-                     sections={k: config[k].to_dict() for k in stages.TRAINING_SECTIONS
-                               if k in config})
+                     sections=stages.training_sections(config))
   stages.check_training_products(config, workdir, stages.training_digest(config, "d"))
   config.optimizer.lr = 0.5
   with pytest.raises(errors.InputError, match=r"trained with other settings \(changed: "
@@ -82,6 +81,22 @@ def test_checkpoints_of_other_settings_stop_the_job(tmp_path):
   config.overwrite = True
   stages.check_training_products(config, workdir, stages.training_digest(config, "d"))
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_checkpoints_of_the_earlier_pk_order_are_not_reused(tmp_path):
+  """A P x K run stamped by jreid before the identity passes: its sections lack pk_order."""
+  workdir = str(tmp_path)
+  config = tiny.get_config()
+  config.data.sampler = "pk"
+  (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+  earlier = stages.training_sections(config)
+  assert earlier["data"].pop("pk_order") == "identity_pass"
+  stages.write_stamp(workdir, "train", stages.digest(dict(sections=earlier, data="d")),
+                     sections=earlier)
+  with pytest.raises(errors.InputError, match=r"other settings \(changed: data.pk_order\)"):
+    stages.check_training_products(config, workdir, stages.training_digest(config, "d"))
+  config.data.sampler = "random"  # the random sampler's digests are those of before
+  assert "pk_order" not in stages.training_sections(config)["data"]
 
 
 def test_extraction_keeps_split_order_and_drops_padding():
