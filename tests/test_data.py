@@ -189,10 +189,25 @@ def test_identity_pass_covers_each_image_once_as_the_strong_baseline(seed):
   assert (used < chunks).sum() < P                           # stops when fewer than P ids remain
   for i, n in enumerate(counts):
     mine = order[labels[order] == i]
+    assert len(mine) == K * used[i]
     if n >= K:
       assert len(set(mine.tolist())) == len(mine)           # no image twice in a pass
-    else:
-      assert set(mine.tolist()) == set(np.flatnonzero(labels == i).tolist())  # drawn up to K
+    else:                                                    # drawn up to K from its own
+      assert set(mine.tolist()) <= set(np.flatnonzero(labels == i).tolist())
+
+
+def test_pk_epoch_is_identity_passes_one_after_another():
+  labels = np.repeat(np.arange(8), [5, 1, 3, 4, 2, 6, 9, 2])
+  epoch = pipeline.epoch_order(labels, seed=4, epoch=2, sampler="pk", ids_per_batch=3,
+                               images_per_id=2)
+  np.testing.assert_array_equal(
+      epoch, pipeline.epoch_order(labels, 4, 2, "pk", 3, 2))  # a pure function of (seed, epoch)
+  assert not np.array_equal(epoch, pipeline.epoch_order(labels, 4, 3, "pk", 3, 2))
+  rng = np.random.default_rng([4, 2])
+  first = pipeline.identity_pass(labels, rng, 3, 2)
+  second = pipeline.identity_pass(labels, rng, 3, 2)
+  assert len(first) < len(epoch) == (len(labels) // 6) * 6  # one pass is short of an epoch
+  np.testing.assert_array_equal(epoch, np.concatenate([first, second])[:len(epoch)])
 
 
 def test_two_shards_in_one_process_concatenate(builder):
