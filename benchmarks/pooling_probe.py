@@ -4,9 +4,9 @@
       [--manual_dir=...]
 
 For each trained workdir of the main job (its latest checkpoint and the data it was
-trained on, ``stages/train.json``), extracts the backbone's feature map of every query
-and gallery image and its flip (as extraction does) and scores the same backbone with
-several poolings of that map at test time: the head's own retrieval feature (the
+trained on, ``stages/train.json``), pools the backbone's feature map of every query
+and gallery image and of its flip, adds the two (as extraction does), and scores the
+same backbone with several poolings at test time: the head's own retrieval feature (the
 baseline, = results.json's ``visual`` row), global average, 2, 3 and 6 horizontal
 stripes (each L2-normalised, as PCB), global max and GeM (p = 3). Prints visual rank-1
 and mAP of each with its difference from the baseline's (points), and writes them to
@@ -45,8 +45,23 @@ flags.DEFINE_string("manual_dir", "", "the run's manual_dir (its default if empt
 FLAGS = flags.FLAGS
 
 
-def feature_maps(workdir: str, mesh) -> tuple[dict, dict, int]:
-  """split -> (records, {"head": [N, D] retrieval features, "map": [N, h, w, C]}), parts."""
+# name -> (pooling of a feature map [B, h, w, C] -> [B, D], parts to L2-normalise).
+POOLINGS = {
+    "global average": (lambda m: m.mean(axis=(1, 2)), 1),
+    **{f"{p} stripes": (lambda m, p=p: heads.part_pool(m, p).reshape(m.shape[0], -1), p)
+       for p in (2, 3, 6)},
+    "global max": (lambda m: m.max(axis=(1, 2)), 1),
+    "GeM p=3": (lambda m: jnp.mean(jnp.maximum(m, 1e-6) ** 3, axis=(1, 2)) ** (1 / 3), 1),
+}
+BASELINE = "head retrieval (baseline)"
+
+
+def pooled_features(workdir: str, mesh) -> tuple[dict, int]:
+  """split -> (records, {pooling name: [N, D]}) and the head's parts.
+
+  Each pooling is taken of an image's feature map and of its flip's, and the two are
+  added, as extraction adds the image's and the flip's features (not normalised yet).
+  """
   from jreid.data import market1501  # pylint: disable=g-import-not-at-top  (TensorFlow)
   from jreid.data import pipeline  # pylint: disable=g-import-not-at-top
   trained, graphdef, state, _ = jobs.restore_trained(workdir, mesh)
@@ -61,52 +76,40 @@ def feature_maps(workdir: str, mesh) -> tuple[dict, dict, int]:
     model.eval()
     x = augment.to_model_input(images, size, model.config.backbone.dtype)
     maps = [model.backbone(v).astype(jnp.float32) for v in (x, x[:, :, ::-1, :])]
-    head = sum(model.head.retrieval(model.head.pool(m)) for m in maps)
-    return {"head": head.reshape(head.shape[0], -1), "map": maps[0] + maps[1]}
+    out = {BASELINE: sum(model.head.retrieval(model.head.pool(m)) for m in maps)}
+    out.update({name: sum(pool(m) for m in maps) for name, (pool, _) in POOLINGS.items()})
+    return {k: v.reshape(v.shape[0], -1) for k, v in out.items()}
 
   out = {}
   for split in ("query", "gallery"):
-    batches, _ = pipeline.eval_batches(builder, split, 128,
-                                       stages.transfer_size(config))
-    parts = {"head": [], "map": []}
+    batches, _ = pipeline.eval_batches(builder, split, 128, stages.transfer_size(config))
+    parts = {}
     for batch in batches:
       got = jax.device_get(step(state, batch["image"]))
       keep = batch["mask"].astype(bool)
-      for k in parts:
-        parts[k].append(got[k][keep])
+      for k, v in got.items():
+        parts.setdefault(k, []).append(v[keep])
     out[split] = (market1501.split_records(builder, split),
                   {k: np.concatenate(v) for k, v in parts.items()})
   return out, int(config.model.parts)
-
-
-def poolings(found: dict, head_parts: int) -> dict[str, tuple[np.ndarray, int]]:
-  """name -> ([N, D] features, parts to normalise) for every probed pooling."""
-  fm = found["map"]
-  out = {"head retrieval (baseline)": (found["head"], head_parts),
-         "global average": (fm.mean(axis=(1, 2)), 1)}
-  for p in (2, 3, 6):
-    out[f"{p} stripes"] = (np.array(heads.part_pool(jnp.asarray(fm), p)).reshape(len(fm), -1), p)
-  out["global max"] = (fm.max(axis=(1, 2)), 1)
-  out["GeM p=3"] = ((np.maximum(fm, 1e-6) ** 3).mean(axis=(1, 2)) ** (1 / 3), 1)
-  return out
 
 
 def main(argv):
   del argv
   mesh = sharding.make_mesh()
   for workdir in FLAGS.workdir:
-    sets, head_parts = feature_maps(workdir, mesh)
-    (query, q_found), (gallery, g_found) = sets["query"], sets["gallery"]
-    q_pools, g_pools = poolings(q_found, head_parts), poolings(g_found, head_parts)
+    sets, head_parts = pooled_features(workdir, mesh)
+    (query, q_pooled), (gallery, g_pooled) = sets["query"], sets["gallery"]
+    parts = {BASELINE: head_parts, **{name: p for name, (_, p) in POOLINGS.items()}}
     results = {}
     print(f"\n{workdir}\n{'pooling at test time':28s} rank-1     mAP   (against the head's own)")
-    for name, (q, parts) in q_pools.items():
-      g = g_pools[name][0]
-      m = evaluate.evaluate(query.with_features(scoring.l2_normalise_features(q, parts)),
-                            gallery.with_features(scoring.l2_normalise_features(g, parts)),
-                            None, bin_width=1, methods=("visual",), mesh=mesh)["visual"]
+    for name in parts:
+      m = evaluate.evaluate(
+          query.with_features(scoring.l2_normalise_features(q_pooled[name], parts[name])),
+          gallery.with_features(scoring.l2_normalise_features(g_pooled[name], parts[name])),
+          None, bin_width=1, methods=("visual",), mesh=mesh)["visual"]
       results[name] = dict(rank1=float(m.cmc[0]), mAP=float(m.mAP))
-      base = next(iter(results.values()))
+      base = results[BASELINE]
       print(f"{name:28s} {100 * m.cmc[0]:6.1f}  {100 * m.mAP:6.1f}   "
             f"({100 * (m.cmc[0] - base['rank1']):+5.1f}, {100 * (m.mAP - base['mAP']):+5.1f})",
             flush=True)
