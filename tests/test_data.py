@@ -221,6 +221,15 @@ def test_two_shards_in_one_process_concatenate(builder):
     pipeline.TrainData(builder, global_batch=9, transfer_size=(64, 32), num_shards=2)
 
 
+def test_pk_needs_ids_per_batch_identities_in_every_shard(builder):
+  data = pipeline.TrainData(builder, global_batch=8, transfer_size=(32, 16))
+  many = data.num_classes + 1
+  with pytest.raises(ValueError, match=f"train shard 0 of 1 holds {data.num_classes} "
+                     f"identities; pk sampling needs at least ids_per_batch = {many}"):
+    pipeline.TrainData(builder, global_batch=many, transfer_size=(32, 16), sampler="pk",
+                       ids_per_batch=many, images_per_id=1)
+
+
 def test_eval_batches_cover_every_example_once(builder):
   for batch in (4, 7):
     it, n = pipeline.eval_batches(builder, "gallery", batch, (64, 32))

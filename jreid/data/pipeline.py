@@ -216,6 +216,11 @@ class TrainData:
       self.images[shard] = decode_images(records["image"], self.transfer_size,
                                          records["filename"])
       self.labels[shard] = np.searchsorted(self.identities, records["id"]).astype(np.int32)
+      ids_here = len(np.unique(self.labels[shard]))
+      if sampler == "pk" and ids_here < ids_per_batch:
+        raise ValueError(f"train shard {shard} of {self.num_shards} holds {ids_here} "
+                         f"identities; pk sampling needs at least ids_per_batch = "
+                         f"{ids_per_batch}")
     self.num_images = sum(len(v) for v in self.labels.values())
     self.steps_per_epoch = min(len(v) for v in self.labels.values()) // self.shard_batch
     if self.steps_per_epoch == 0:
