@@ -25,7 +25,6 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -64,8 +63,7 @@ def pooled_features(workdir: str, mesh) -> tuple[dict, int]:
   """
   from jreid.data import market1501  # pylint: disable=g-import-not-at-top  (TensorFlow)
   from jreid.data import pipeline  # pylint: disable=g-import-not-at-top
-  trained, graphdef, state, _ = jobs.restore_trained(workdir, mesh)
-  config = ml_collections.ConfigDict(trained.to_dict())
+  config, graphdef, state, _ = jobs.restore_trained(workdir, mesh)  # a fresh ConfigDict
   config.data_dir, config.manual_dir = FLAGS.data_dir, FLAGS.manual_dir
   builder, _ = stages.prepare_data(config, workdir)
   size = tuple(config.data.image_size)

@@ -152,9 +152,10 @@ def epoch_order(labels: np.ndarray, seed: int, epoch: int, sampler: str = "rando
   if batch_size and batch_size != P * K:
     raise ValueError(f"pk sampling needs batch = ids_per_batch x images_per_id = {P * K}, "
                      f"got {batch_size}")
-  if len(np.unique(labels)) < P:
+  num_ids = len(np.unique(labels))
+  if num_ids < P:
     raise ValueError(f"pk sampling needs at least ids_per_batch = {P} identities, got "
-                     f"{len(np.unique(labels))}")
+                     f"{num_ids}")
   wanted = (len(labels) // (P * K)) * P * K
   passes, total = [], 0
   while total < wanted:
