@@ -11,6 +11,10 @@ Three grammars (``docs/reference.md`` section 1):
   offsets (the sequence ``s`` with ``offset[s] < time <= offset[s + 1]``).
 * DukeMTMC-reID ``PPPP_cX_fFFFFFFFF.jpg``: frame already global, one sequence.
 
+A name may repeat its image extension once (``1488_c1s6_023021_00.jpg.jpg``): the
+official Market-1501 zip names 24 of its query and gallery images so, and every
+peer reads them. Nothing else about the grammar is loosened.
+
 Times are frame indices, as in the reference. Cameras and sequences are 1-based
 in ``ParsedName``, as in the names; ``parse_names`` turns names into
 ``records.Records``, where cameras are 0-based.
@@ -83,12 +87,15 @@ MARKET_SEQUENCE_OFFSETS = sequence_offsets()
 
 
 def _stem(name: str) -> str:
+  """The base name without its image extension, or without it twice when it is
+  repeated (``x.jpg.jpg``, as the official Market-1501 zip has)."""
   base = os.path.basename(name)
   stem, ext = os.path.splitext(base)
   if ext.lower() not in IMAGE_EXTENSIONS:
     raise BadNameError(
         f"{name!r}: expected an image file name ending in one of {IMAGE_EXTENSIONS}")
-  return stem
+  inner, inner_ext = os.path.splitext(stem)
+  return inner if inner_ext.lower() == ext.lower() else stem
 
 
 def _camera_offsets(camera: int, name: str) -> tuple[int, ...]:
@@ -165,18 +172,29 @@ def parse_name(name: str, grammar: str | None = None) -> ParsedName:
 def parse_names(names: Iterable[str], grammar: str | None = None) -> Records:
   """Parses many names into records (cameras 0-based, times global frames, names kept).
 
-  Every name must fit one grammar: the one asked for, else the first name's. A list
-  that mixes grammars (Market and Duke names, say) raises ``BadNameError`` naming
-  the first name that differs, since their times are not comparable.
+  Every name must fit one grammar: the one asked for, else the first name's. Names
+  that fit none raise one ``BadNameError`` with their count and the first three. A
+  list that mixes grammars (Market and Duke names, say) raises ``BadNameError``
+  naming the first name that differs, since their times are not comparable.
   """
   names = tuple(names)
-  parsed = []
+  parsed, kept, rejected = [], [], []
   for n in names:
-    p = parse_name(n, grammar)
+    try:
+      p = parse_name(n, grammar)
+    except BadNameError as e:
+      rejected.append(str(e))
+      continue
     if grammar is None and parsed and p.grammar != parsed[0].grammar:
-      raise BadNameError(f"{n!r} is a {p.grammar} name but {names[0]!r} is a "
+      raise BadNameError(f"{n!r} is a {p.grammar} name but {kept[0]!r} is a "
                          f"{parsed[0].grammar} name: expected one grammar per folder")
     parsed.append(p)
+    kept.append(n)
+  if rejected:
+    raise BadNameError(
+        rejected[0] if len(rejected) == 1 else
+        f"{len(rejected)} of {len(names)} names do not fit the file-name grammar; the first "
+        f"{min(len(rejected), 3)}: " + "; ".join(rejected[:3]))
   col = lambda f: np.asarray([getattr(p, f) for p in parsed], dtype=np.int64).reshape(-1)
   return Records(person_ids=col("person_id"), cameras=col("camera") - 1, times=col("time"),
                  names=np.asarray(names, dtype=str))

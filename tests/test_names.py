@@ -25,6 +25,10 @@ def test_market_offsets_match_reference_table():
     # The last frame of s1 (its maximum) stays in s1.
     ("0007_c2_f0163691_01.jpg", (7, 2, 1, 163691, 163691, "market_renamed")),
     ("0001_c2_f0046182.jpg", (1, 2, 1, 46182, 46182, "duke")),
+    # The official zip names 24 query/gallery images with the extension twice.
+    ("1488_c1s6_023021_00.jpg.jpg", (1488, 1, 6, 23021, 371660 + 23021, "market")),
+    ("-1_c4s6_022316_11.JPG.jpg", (-1, 4, 6, 22316, 368741 + 22316, "market")),
+    ("0002_c1_f0000451_03.png.png", (2, 1, 1, 451, 451, "market_renamed")),
     ("-1_c8_f0000001.jpg", (-1, 8, 1, 1, 1, "duke")),
 ])
 def test_parse_name(name, expected):
@@ -52,6 +56,8 @@ def test_renamed_round_trip_for_every_sequence():
     "0002_c7s1_000451_03.jpg",  # Market has cameras 1..6
     "0002_c2s4_000451_03.jpg",  # camera 2 has sequences 1..3
     "Thumbs.db",
+    # Only the same extension repeated once is read as one.
+    "0002_c1s1_000451_03.png.jpg", "0002_c1s1_000451_03.jpg.jpg.jpg", "0002_c1s1_000451_03.jpg.txt",
 ])
 def test_bad_names_raise_naming_the_file(name):
   with pytest.raises(names.BadNameError, match=name.replace(".", r"\.")):
@@ -77,6 +83,16 @@ def test_mixed_grammars_are_an_error():
     names.parse_names(["0002_c1s2_000010_01.jpg", "0001_c2_f0046182.jpg"])
 
 
+def test_every_rejected_name_is_counted_and_the_first_named():
+  good = ["0002_c1s2_000010_01.jpg"]
+  bad = ["a.jpg", "0002_c9s1_000010_01.jpg", "b.jpg", "c.jpg"]
+  with pytest.raises(names.BadNameError, match=r"^4 of 5 names do not fit the file-name grammar; "
+                     r"the first 3: 'a\.jpg' does not fit.*'0002_c9s1_000010_01\.jpg': camera c9.*"
+                     r"'b\.jpg' does not fit") as e:
+    names.parse_names(good + bad)
+  assert "c.jpg" not in str(e.value)
+
+
 def test_training_folder_with_junk_warns_with_counts():
   logged = []
   r = names.parse_names(["-1_c1s1_000010_01.jpg", "0000_c2s1_000020_01.jpg",
@@ -95,6 +111,14 @@ def test_list_image_folder_reports_skipped(tmp_path):
   listing = names.list_image_folder(str(tmp_path))
   assert listing.records.names.tolist() == ["0002_c1s1_000451_03.jpg", "0002_c2s1_000500_01.jpg"]
   assert listing.skipped == ("Thumbs.db", "notes.txt")
+
+
+def test_list_image_folder_reads_doubled_extensions(tmp_path):
+  for n in ["1488_c1s6_023021_00.jpg.jpg", "1488_c2s3_065527_00.jpg"]:
+    (tmp_path / n).write_bytes(b"")
+  r = names.list_image_folder(str(tmp_path)).records
+  assert r.names.tolist() == ["1488_c1s6_023021_00.jpg.jpg", "1488_c2s3_065527_00.jpg"]
+  assert r.times.tolist() == [371660 + 23021, 328368 + 65527]
 
 
 def test_list_image_folder_errors(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import time
 import zipfile
 
 from absl import logging
@@ -223,9 +224,15 @@ def prepare(data_dir: str, manual_dir: str | None = None, source_digest: str | N
     if source_digest is not None:
       _discard_prepared(data_dir)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+    start = time.time()
     builder.download_and_prepare(download_config=config)
+    seconds = time.time() - start
+    counts = {s: builder.info.splits[s].num_examples for s in SPLIT_FOLDERS}
+    logging.info("market1501: prepared %s in %.1f s (%s)", data_dir, seconds,
+                 ", ".join(f"{s} {n}" for s, n in counts.items()))
     if source_digest is not None:
-      files.write_json(stamp, {"digest": source_digest, "manual_dir": str(manual_dir)})
+      files.write_json(stamp, {"digest": source_digest, "manual_dir": str(manual_dir),
+                               "prepare_seconds": round(seconds, 1), "examples": counts})
   return builder
 
 
