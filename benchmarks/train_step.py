@@ -1,6 +1,6 @@
 """Benchmark: ResNet PCB train-step throughput, compile time, FLOPs and MFU, per device.
 
-  python benchmarks/train_step.py [--depth=50] [--image_size=384,192] [--batch=32]
+  python benchmarks/train_step.py [--depth=50] [--width=64] [--image_size=384,192] [--batch=32]
                                   [--dtype=float32|bfloat16] [--steps=5] [--augment]
                                   [--transfer_size=128,64] [--peak_tflops=989]
 
@@ -86,6 +86,7 @@ def _xla_flops(compiled):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--depth", type=int, default=50)
+  parser.add_argument("--width", type=int, default=64, help="stem channels (64: the real ResNets)")
   parser.add_argument("--image_size", default="384,192")
   parser.add_argument("--transfer_size", default="128,64")
   parser.add_argument("--batch", type=int, default=32, help="per device")
@@ -101,6 +102,7 @@ def main():
   h, w = (int(x) for x in args.transfer_size.split(","))
   config = base.training_config()
   config.model.depth, config.model.dtype = args.depth, args.dtype
+  config.model.width = args.width
   mesh = sharding.make_mesh()
   n = jax.device_count()
   batch = args.batch * n
@@ -147,7 +149,7 @@ def main():
 
   per_step = statistics.median(times["float"])
   device = jax.devices()[0].device_kind
-  print(f"ResNet-{args.depth} PCB {H}x{W} {args.dtype}, batch {args.batch}/device on {n} x "
+  print(f"ResNet-{args.depth} (width {args.width}) PCB {H}x{W} {args.dtype}, batch {args.batch}/device on {n} x "
         f"{device}: jit {jit_s['float']:.1f} s, {per_step * 1000:.1f} ms/step (median of "
         f"{args.rounds} rounds of {args.steps}), {args.batch / per_step:.1f} images/s per device")
   achieved = flops["float"] / per_step / 1e12 / n
