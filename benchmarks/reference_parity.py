@@ -222,23 +222,30 @@ def ensure_venv(venv: str, spec: str) -> str:
   return python
 
 
-def patched_copy(reference_dir: str, out: str, fmt: dict) -> None:
-  """Copies the reference's files into ``out`` and applies PATCHES (each exactly once)."""
-  os.makedirs(out, exist_ok=True)
+def apply_patches(reference_dir: str, out: str, patches, snapshot: str,
+                  fmt: dict | None = None) -> None:
+  """Writes the reference's files named in ``patches`` into ``out`` with the patches
+  applied, each exactly once (else stops); ``fmt`` fills the new texts' fields."""
   texts = {}
-  for name, why, old, new in PATCHES:
+  for name, why, old, new in patches:
     if name not in texts:
       texts[name] = open(os.path.join(reference_dir, name)).read()
     count = texts[name].count(old)
     if count != 1:
       raise SystemExit(f"patch of {name} ({why}) matches {count} times, not once: is "
-                       f"{reference_dir} the reference snapshot this benchmark was written for?")
-    texts[name] = texts[name].replace(old, new.format(**fmt))
-  for name in ("random_erasing.py",):
-    shutil.copy(os.path.join(reference_dir, name), out)
+                       f"{reference_dir} the reference snapshot ({snapshot}) this benchmark "
+                       f"was written for?")
+    texts[name] = texts[name].replace(old, new.format(**fmt) if fmt else new)
   for name, text in texts.items():
     with open(os.path.join(out, name), "w") as f:
       f.write(text)
+
+
+def patched_copy(reference_dir: str, out: str, fmt: dict) -> None:
+  """Copies the reference's files into ``out`` and applies PATCHES (each exactly once)."""
+  os.makedirs(out, exist_ok=True)
+  shutil.copy(os.path.join(reference_dir, "random_erasing.py"), out)
+  apply_patches(reference_dir, out, PATCHES, "b56f820", fmt)
   with open(os.path.join(out, "jreid_patch.py"), "w") as f:
     f.write(PATCH_MODULE.format(**fmt))
   with open(os.path.join(out, "sitecustomize.py"), "w") as f:

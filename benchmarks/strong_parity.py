@@ -332,19 +332,7 @@ def reference_opts(args, seed_dir: str, epochs: int) -> list[str]:
 def patched_copy(reference_dir: str, out: str, fmt: dict) -> None:
   """Copies the reference's tree into ``out`` and applies PATCHES (each exactly once)."""
   shutil.copytree(reference_dir, out, ignore=shutil.ignore_patterns(".git", "imgs", "*.sh"))
-  texts = {}
-  for name, why, old, new in PATCHES:
-    if name not in texts:
-      texts[name] = open(os.path.join(out, name)).read()
-    count = texts[name].count(old)
-    if count != 1:
-      raise SystemExit(f"patch of {name} ({why}) matches {count} times, not once: is "
-                       f"{reference_dir} the reference snapshot (3da7e6f) this benchmark was "
-                       f"written for?")
-    texts[name] = texts[name].replace(old, new)
-  for name, text in texts.items():
-    with open(os.path.join(out, name), "w") as f:
-      f.write(text)
+  rp.apply_patches(reference_dir, out, PATCHES, "3da7e6f")
   with open(os.path.join(out, "jreid_patch.py"), "w") as f:
     f.write(PATCH_MODULE.format(**fmt))
   with open(os.path.join(out, "jreid_extract.py"), "w") as f:
