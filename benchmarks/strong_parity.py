@@ -65,10 +65,14 @@ Like with like, where the two codes differ in ways that are not the trainer's:
   BNNeck and classifier are the reference's own (``weights_init_kaiming``,
   ``weights_init_classifier``: N(0, 0.001^2)).
 
-Differences the benchmark leaves as they are (each code's own way), stated in its output:
 - Warm-up: the reference steps its lr once an epoch, from 0.01 x lr at the first
-  epoch to lr at epoch ``--warmup_epochs`` (WARMUP_FACTOR 0.01); jreid raises it every
-  step along a line from 0 to lr at the same epoch. The decays fall at the same epochs.
+  epoch to lr at epoch ``--warmup_epochs`` (WARMUP_FACTOR 0.01); so does
+  ``experiments/market1501_strong.py`` (``optimizer.warmup_law="epoch"``).
+  ``--jreid_warmup_law=step`` runs the jreid side with jreid's per-step law instead
+  (every step along a line to lr at the same epoch), to measure the difference.
+  The decays fall at the same epochs.
+
+Differences the benchmark leaves as they are (each code's own way), stated in its output:
 - Epoch length: the reference's epoch is one pass of its identity sampler, shorter
   than 12,936 / 64 batches by the images left over in each identity's last chunk and
   by the identities left when fewer than P have chunks; jreid's passes follow one
@@ -376,6 +380,7 @@ def jreid_overrides(args, seed: int) -> list[str]:
           f"--config.data.image_size=({h},{w})", f"--config.augment.pad={args.pad}",
           f"--config.optimizer.lr={args.lr!r}",
           f"--config.optimizer.warmup_epochs={float(args.warmup_epochs)}",
+          f"--config.optimizer.warmup_law={args.jreid_warmup_law}",
           "--config.optimizer.decay_epochs=(" + "".join(f"{e}," for e in args.decay_epochs) + ")",
           "--config.eval.methods=('visual',)", "--config.rerank.enabled=False"]
 
@@ -487,11 +492,12 @@ def settings_text(args) -> str:
       f"network: ResNet-18, stem {args.width} channels, last stride 1, BNNeck, {h}x{w}, "
       f"from scratch; stem ReLU on the reference side: {args.stem_relu} (jreid: True)",
       f"batches: P x K = {P} x {K}; Adam lr {args.lr:g}, weight decay 5e-4; warm-up "
-      f"{args.warmup_epochs} epochs (reference: per epoch from 0.01 x lr; jreid: per step from "
-      f"0); x0.1 at epochs {list(args.decay_epochs)}; {args.epochs} epochs; pad {args.pad}",
+      f"{args.warmup_epochs} epochs (reference: per epoch from 0.01 x lr; jreid: "
+      f"{'the same' if args.jreid_warmup_law == 'epoch' else 'per step from 0'}); "
+      f"x0.1 at epochs {list(args.decay_epochs)}; {args.epochs} epochs; pad {args.pad}",
       f"test features: BN feature ('after'); reference flip-and-add: {args.reference_flip} "
       f"(jreid: always){'' if args.reference_flip else ' -- NOT like with like'}",
-      "left as each code has it: warm-up steps (above), epoch length (steps/epoch below), "
+      "left as each code has it: epoch length (steps/epoch below), "
       "resize filter (reference bilinear, jreid bicubic), pad colour (black / mean), erasing "
       "fill (ImageNet mean values in normalised units / 0), junk gallery images (dropped / "
       "kept and ignored)"])
@@ -505,6 +511,8 @@ def main():
   p.add_argument("--seeds", default="0,1")
   p.add_argument("--sides", default="reference,jreid")
   p.add_argument("--epochs", type=int, default=4)
+  p.add_argument("--jreid_warmup_law", default="epoch", choices=("epoch", "step"),
+                 help="jreid's optimizer.warmup_law: 'epoch' as the reference, 'step' jreid's own")
   p.add_argument("--warmup_epochs", type=int, default=1,
                  help="epochs of linear warm-up (the reference's WARMUP_ITERS; 0: none)")
   p.add_argument("--decay_epochs", default="3", help="x0.1 at these epochs (comma-separated)")

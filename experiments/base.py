@@ -118,6 +118,8 @@ def training_config() -> ml_collections.ConfigDict:
   config.optimizer.decay_epochs = (40,)
   config.optimizer.decay = 0.1
   config.optimizer.warmup_epochs = 0.0
+  config.optimizer.warmup_law = "step"    # "step": linear every step; "epoch": reid-strong-baseline's per-epoch steps
+  config.optimizer.warmup_factor = 0.01   # "epoch" law: the first epoch's fraction of the lr
   config.optimizer.adam_b1 = 0.9
   config.optimizer.adam_b2 = 0.999
   config.optimizer.adam_eps = 1e-8

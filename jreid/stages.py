@@ -122,12 +122,19 @@ def training_sections(config: ml_collections.ConfigDict) -> dict:
   P x K configs also carry ``data.pk_order``: the order became the strong baseline's
   identity passes (``pipeline.identity_pass``), so checkpoints of jreid's earlier
   P x K order (stamps without it) are other training, and the stale-workdir error
-  names ``data.pk_order``.
+  names ``data.pk_order``. ``optimizer.warmup_law`` and ``warmup_factor`` are
+  recorded only with the per-epoch law.
   """
   sections = json.loads(json.dumps({k: config[k].to_dict() for k in TRAINING_SECTIONS
                                     if k in config}, default=str))
   if sections.get("data", {}).get("sampler") == "pk":
     sections["data"]["pk_order"] = "identity_pass"
+  optimizer = sections.get("optimizer", {})
+  if optimizer.get("warmup_law", "step") == "step":
+    # The per-step law, the only one earlier jreid had, ignores warmup_factor: such
+    # runs keep the stamps and digests they had.
+    optimizer.pop("warmup_law", None)
+    optimizer.pop("warmup_factor", None)
   return sections
 
 

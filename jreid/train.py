@@ -53,14 +53,31 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> heads.Re
   return model
 
 
+WARMUP_LAWS = ("step", "epoch")
+
+
 def learning_rate(base: float, steps_per_epoch: int, decay_epochs, decay: float,
-                  warmup_epochs: float = 0.0) -> optax.Schedule:
-  """Step decay (x decay at each epoch in decay_epochs) with optional linear warm-up."""
+                  warmup_epochs: float = 0.0, warmup_law: str = "step",
+                  warmup_factor: float = 0.01) -> optax.Schedule:
+  """Step decay (x decay at each epoch in decay_epochs) with optional linear warm-up.
+
+  warmup_law "step": the factor rises every step, (step + 1) / warm-up steps, to 1 at
+  epoch ``warmup_epochs``. "epoch": reid-strong-baseline's WarmupMultiStepLR, one
+  factor per epoch e (0-based), warmup_factor (1 - a) + a with a = e / warmup_epochs,
+  for e < warmup_epochs (the first epoch at warmup_factor x base).
+  """
+  if warmup_law not in WARMUP_LAWS:
+    raise ValueError(f"warmup_law must be one of {WARMUP_LAWS}, got {warmup_law!r}")
   boundaries = {int(e * steps_per_epoch): decay for e in decay_epochs}
   schedule = optax.piecewise_constant_schedule(base, boundaries)
   warmup = int(warmup_epochs * steps_per_epoch)
   if warmup <= 0:
     return schedule
+  if warmup_law == "epoch":
+    def per_epoch(step):
+      a = (step // steps_per_epoch) / warmup_epochs
+      return schedule(step) * jnp.where(a < 1, warmup_factor * (1 - a) + a, 1.0)
+    return per_epoch
   return lambda step: schedule(step) * jnp.minimum(1.0, (step + 1) / warmup)
 
 
@@ -82,7 +99,8 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
   if o.name not in ("sgd", "adam"):
     raise ValueError(f"optimizer.name must be 'sgd' or 'adam', got {o.name!r}")
   def make(lr):
-    schedule = learning_rate(lr, steps_per_epoch, o.decay_epochs, o.decay, o.warmup_epochs)
+    schedule = learning_rate(lr, steps_per_epoch, o.decay_epochs, o.decay, o.warmup_epochs,
+                             o.get("warmup_law", "step"), o.get("warmup_factor", 0.01))
     if o.name == "adam":
       step = optax.adam(schedule, b1=o.adam_b1, b2=o.adam_b2, eps=o.adam_eps)
     else:
@@ -258,8 +276,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches: Callable[[in
   batch_sharding = sharding.data_sharding(mesh)
   it = batches(start)
   meter = progress.Progress("training", total, unit="steps", start=start)
-  schedule = learning_rate(config.optimizer.lr, steps_per_epoch, config.optimizer.decay_epochs,
-                           config.optimizer.decay, config.optimizer.warmup_epochs)
+  o = config.optimizer
+  schedule = learning_rate(o.lr, steps_per_epoch, o.decay_epochs, o.decay, o.warmup_epochs,
+                           o.get("warmup_law", "step"), o.get("warmup_factor", 0.01))
   # However the loop ends (finished, preempted, interrupted), checkpoints in flight
   # are completed before returning or raising.
   with _PreemptionFlag() as flag:

@@ -121,8 +121,14 @@ def _training_job(config: ml_collections.ConfigDict, device_count: int, process_
     problems.append(f"model.head={m.head!r}: expected one of {tuple(heads.HEADS)}")
   elif m.head == "bnneck" and m.parts != 1:
     problems.append(f"model.parts={m.parts!r}: expected 1 with model.head='bnneck'")
-  if config.optimizer.name not in ("sgd", "adam"):
-    problems.append(f"optimizer.name={config.optimizer.name!r}: expected 'sgd' or 'adam'")
+  from jreid import train  # pylint: disable=g-import-not-at-top  (optax, orbax: training only)
+  o = config.optimizer
+  if o.name not in ("sgd", "adam"):
+    problems.append(f"optimizer.name={o.name!r}: expected 'sgd' or 'adam'")
+  if o.get("warmup_law", "step") not in train.WARMUP_LAWS:
+    problems.append(f"optimizer.warmup_law={o.warmup_law!r}: expected one of "
+                    f"{train.WARMUP_LAWS}")
+  _number(problems, "optimizer.warmup_factor", o.get("warmup_factor", 0.01), 0, 1)
   _number(problems, "loss.label_smoothing", config.loss.label_smoothing, 0, 1)
   _number(problems, "loss.triplet_weight", config.loss.triplet_weight, 0)
   _number(problems, "loss.margin", config.loss.margin, 0)

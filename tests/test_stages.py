@@ -154,6 +154,12 @@ def test_training_config_errors_are_listed_together():
          "data.images_per_id = 6" in str(e.value)
   assert "model.depth=20" in str(e.value)
   config = tiny.get_config()
+  config.optimizer.warmup_law, config.optimizer.warmup_factor = "cosine", 1.5
+  with pytest.raises(errors.InputError) as e:
+    validation.validate(config, device_count=1)
+  assert "optimizer.warmup_law='cosine': expected one of ('step', 'epoch')" in str(e.value)
+  assert "optimizer.warmup_factor=1.5" in str(e.value)
+  config = tiny.get_config()
   config.job = "nope"
   with pytest.raises(errors.InputError, match="job='nope': expected one of"):
     validation.validate(config, jobs=("train_and_evaluate",))

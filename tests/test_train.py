@@ -29,6 +29,37 @@ def test_learning_rate_schedule_and_warmup():
   assert float(warm(20)) == pytest.approx(0.01)
 
 
+def test_per_epoch_warmup_is_reid_strong_baselines_law():
+  # WarmupMultiStepLR(warmup_factor=0.01, warmup_iters=10, steps=(40, 70)), stepped once
+  # an epoch: epoch e < 10 at lr x (0.01 (1 - e / 10) + e / 10), then x0.1 at 40 and 70.
+  lr = train.learning_rate(3.5e-4, 100, (40, 70), 0.1, 10.0, warmup_law="epoch",
+                           warmup_factor=0.01)
+  for step, factor in ((0, 0.01), (99, 0.01), (100, 0.01 * 0.9 + 0.1), (550, 0.01 * 0.5 + 0.5),
+                       (999, 0.01 * 0.1 + 0.9), (1000, 1.0), (3999, 1.0), (4000, 0.1),
+                       (7000, 0.01)):
+    assert float(lr(step)) == pytest.approx(3.5e-4 * factor, rel=1e-6), step
+  one = train.learning_rate(3.5e-4, 202, (3,), 0.1, 1.0, warmup_law="epoch")
+  assert [float(one(s)) for s in (0, 201, 202, 605, 606)] == pytest.approx(
+      [3.5e-6, 3.5e-6, 3.5e-4, 3.5e-4, 3.5e-5])
+  with pytest.raises(ValueError, match="warmup_law must be one of"):
+    train.learning_rate(0.01, 10, (4,), 0.1, 1.0, warmup_law="cosine")
+
+
+def test_the_per_step_law_keeps_earlier_digests():
+  from experiments import synthetic  # pylint: disable=g-import-not-at-top
+  from jreid import stages  # pylint: disable=g-import-not-at-top
+  config = synthetic.get_config()
+  before = stages.training_sections(config)
+  assert "warmup_law" not in before["optimizer"] and "warmup_factor" not in before["optimizer"]
+  config.optimizer.warmup_factor = 0.5  # unused by the per-step law
+  assert stages.training_digest(config, "d") == stages.training_digest(synthetic.get_config(), "d")
+  config.optimizer.warmup_law = "epoch"
+  after = stages.training_sections(config)
+  assert after["optimizer"]["warmup_law"] == "epoch"
+  assert after["optimizer"]["warmup_factor"] == 0.5
+  assert stages.training_digest(config, "d") != stages.training_digest(synthetic.get_config(), "d")
+
+
 def test_sgd_nesterov_weight_decay_and_head_learning_rate():
   config = _config()
   tx = train.make_optimizer(config, steps_per_epoch=100)
