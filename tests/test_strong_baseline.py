@@ -39,9 +39,15 @@ def test_adam_with_warmup_decay_and_coupled_weight_decay():
   grads = jax.tree.map(jnp.ones_like, params)
   state = tx.init(params)
   updates, state = tx.update(grads, state, params)
-  # Step 0 of a 1000-step warm-up: lr 3.5e-4 / 1000. Adam's first step is
+  # Step 0 of the authors' per-epoch warm-up: lr 0.01 x 3.5e-4. Adam's first step is
   # -lr * g / (|g| + eps) with g = grad + 5e-4 * p; the same lr for the head.
   g = 1.0 + 5e-4 * 2.0
+  for part in ("backbone", "head"):
+    np.testing.assert_allclose(updates[part]["w"], -3.5e-6 * g / (g + 1e-8), rtol=1e-5)
+  # With the per-step law, step 0 of a 1000-step warm-up: lr 3.5e-4 / 1000.
+  config.optimizer.warmup_law = "step"
+  tx = train.make_optimizer(config, steps_per_epoch=100)
+  updates, _ = tx.update(grads, tx.init(params), params)
   for part in ("backbone", "head"):
     np.testing.assert_allclose(updates[part]["w"], -3.5e-7 * g / (g + 1e-8), rtol=1e-5)
   lr = train.learning_rate(3.5e-4, 100, (40, 70), 0.1, 10.0)
