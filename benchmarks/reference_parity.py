@@ -4,6 +4,8 @@
     --reference_dir=../shared/reference/Spatial-Temporal-Re-identification \
     --zip=../shared/market1501/Market-1501-v15.09.15.zip \
     [--seeds=0,1] [--epochs=4] [--decay_epoch=3] [--workdir=/tmp/jreid_parity]
+  python benchmarks/reference_parity.py --recipe=strong \
+    --reference_dir=../shared/reference/reid-strong-baseline --zip=... [strong_parity.py's flags]
 
 Both sides train the same network from scratch on the real training split (all
 12,936 images, the reference's ``--train_all``), with the same optimiser and
@@ -378,7 +380,16 @@ def table(runs: dict) -> str:
 
 
 def main():
+  recipe = argparse.ArgumentParser(add_help=False)
+  recipe.add_argument("--recipe", choices=("pcb", "strong"), default="pcb")
+  chosen, rest = recipe.parse_known_args()
+  if chosen.recipe == "strong":  # reid-strong-baseline against jreid's strong recipe
+    import strong_parity  # pylint: disable=g-import-not-at-top
+    sys.argv = [sys.argv[0]] + rest
+    return strong_parity.main()
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--recipe", choices=("pcb", "strong"), default="pcb",
+                 help="strong: benchmarks/strong_parity.py (its flags) against reid-strong-baseline")
   p.add_argument("--reference_dir", required=True)
   p.add_argument("--zip", required=True)
   p.add_argument("--workdir", default="/tmp/jreid_parity")
