@@ -194,6 +194,15 @@ def patch_list() -> str:
 __doc__ += patch_list() + "\n"
 
 
+def refuse_inside_repository(path: str) -> None:
+  """Stops when ``path`` lies inside this repository: the benchmarks write the dataset's
+  images, features and ranked lists there, and nothing of them may be committed."""
+  path = os.path.realpath(path)
+  if os.path.commonpath([path, os.path.realpath(ROOT)]) == os.path.realpath(ROOT):
+    raise SystemExit(f"--workdir {path} lies inside the repository {ROOT}: features and "
+                     f"images of the dataset must stay outside it")
+
+
 def log(msg: str) -> None:
   print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -408,6 +417,7 @@ def main():
   args.reference_dir = os.path.abspath(args.reference_dir)
   args.zip = os.path.abspath(args.zip)
   args.workdir = os.path.abspath(args.workdir)
+  refuse_inside_repository(args.workdir)
   seeds = [int(s) for s in args.seeds.split(",")]
   sides = args.sides.split(",")
   os.makedirs(args.workdir, exist_ok=True)

@@ -48,8 +48,7 @@ def main():
   p.add_argument("--filter", default="bicubic", choices=sorted(FILTERS))
   p.add_argument("--batch", type=int, default=128)
   args = p.parse_args()
-  if os.path.commonpath([os.path.abspath(args.workdir), ROOT]) == ROOT:
-    raise SystemExit("--workdir must lie outside the repository (features of the dataset)")
+  rp.refuse_inside_repository(args.workdir)
   os.makedirs(args.workdir, exist_ok=True)
   from jreid import features as features_lib  # pylint: disable=g-import-not-at-top
   from jreid import jobs  # pylint: disable=g-import-not-at-top

@@ -536,9 +536,7 @@ def main():
   args.reference_dir = os.path.abspath(args.reference_dir)
   args.zip = os.path.abspath(args.zip)
   args.workdir = os.path.abspath(args.workdir)
-  if os.path.commonpath([args.workdir, ROOT]) == ROOT:
-    raise SystemExit(f"--workdir {args.workdir} lies inside the repository {ROOT}: features "
-                     f"and images of the dataset must stay outside it")
+  rp.refuse_inside_repository(args.workdir)
   seeds = [int(s) for s in args.seeds.split(",")]
   sides = args.sides.split(",")
   os.makedirs(args.workdir, exist_ok=True)

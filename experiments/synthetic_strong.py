@@ -14,6 +14,8 @@ ImageNet backbone can be had here) and trains 24 epochs, not 120 of fine-tuning:
 - Adam at 1e-3, not 3.5e-4;
 - one x0.1 decay at epoch 18 (PCB's schedule shape), not x0.1 at 40/120 and 70/120 of
   training (epochs 8 and 14).
+Its warm-up is jreid's per-step law (``optimizer.warmup_law="step"``, the runs of
+docs/strong_baseline.md), not the authors' per-epoch one that market1501_strong.py has.
 Measured on this 2-core CPU at 24 epochs (docs/strong_baseline.md): visual rank-1 / mAP
 61.0 / 65.0 against the PCB default's 83.6 / 78.2 in the same session. The paper's
 decay epochs at lr 1e-3 gave 57.6 / 61.6 (--config.optimizer.decay_epochs=8,14), and

@@ -131,8 +131,8 @@ def training_sections(config: ml_collections.ConfigDict) -> dict:
     sections["data"]["pk_order"] = "identity_pass"
   optimizer = sections.get("optimizer", {})
   if optimizer.get("warmup_law", "step") == "step":
-    # The per-step law, the only one earlier jreid had, ignores warmup_factor: such
-    # runs keep the stamps and digests they had.
+    # The per-step law (the default) ignores warmup_factor, and its stamps and
+    # digests carry neither field.
     optimizer.pop("warmup_law", None)
     optimizer.pop("warmup_factor", None)
   return sections

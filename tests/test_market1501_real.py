@@ -97,8 +97,7 @@ def test_every_real_name_fits_the_grammar(zip_listing):
 
 def test_builder_prepares_the_official_splits(prepared, zip_listing):
   from jreid.data import market1501  # pylint: disable=g-import-not-at-top
-  builder, seconds = prepared
-  assert seconds < 180
+  builder, _ = prepared
   counts = {s: builder.info.splits[s].num_examples for s in FOLDERS}
   assert counts == {"train": 12936, "query": 3368, "gallery": 19732}
   rows = {}

@@ -72,6 +72,12 @@ def test_a_patch_that_does_not_match_once_stops(tmp_path):
     reference_parity.apply_patches(str(src), str(tmp_path), [("a.py", "why", "z", "y")], "snap")
 
 
+def test_workdirs_inside_the_repository_are_refused(tmp_path):
+  with pytest.raises(SystemExit, match="lies inside the repository"):
+    reference_parity.refuse_inside_repository(os.path.join(ROOT, "workdirs", "parity"))
+  reference_parity.refuse_inside_repository(str(tmp_path))
+
+
 def test_table_means_and_differences():
   def run(v1, vm, s1, sm, epoch_s):
     return dict(results={"visual": {"rank1": v1, "mAP": vm}, "st": {"rank1": s1, "mAP": sm}},
