@@ -81,6 +81,14 @@ def learning_rate(base: float, steps_per_epoch: int, decay_epochs, decay: float,
   return lambda step: schedule(step) * jnp.minimum(1.0, (step + 1) / warmup)
 
 
+def optimizer_schedule(o: ml_collections.ConfigDict, lr: float, steps_per_epoch: int
+                       ) -> optax.Schedule:
+  """``learning_rate`` at ``lr`` with config.optimizer's decay and warm-up (stamps of
+  runs without a warm-up law are the per-step law's)."""
+  return learning_rate(lr, steps_per_epoch, o.decay_epochs, o.decay, o.warmup_epochs,
+                       o.get("warmup_law", "step"), o.get("warmup_factor", 0.01))
+
+
 def param_labels(params) -> Any:
   """'backbone' for backbone parameters, 'head' for the rest (10x learning rate)."""
   return jax.tree_util.tree_map_with_path(
@@ -99,8 +107,7 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
   if o.name not in ("sgd", "adam"):
     raise ValueError(f"optimizer.name must be 'sgd' or 'adam', got {o.name!r}")
   def make(lr):
-    schedule = learning_rate(lr, steps_per_epoch, o.decay_epochs, o.decay, o.warmup_epochs,
-                             o.get("warmup_law", "step"), o.get("warmup_factor", 0.01))
+    schedule = optimizer_schedule(o, lr, steps_per_epoch)
     if o.name == "adam":
       step = optax.adam(schedule, b1=o.adam_b1, b2=o.adam_b2, eps=o.adam_eps)
     else:
@@ -276,9 +283,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches: Callable[[in
   batch_sharding = sharding.data_sharding(mesh)
   it = batches(start)
   meter = progress.Progress("training", total, unit="steps", start=start)
-  o = config.optimizer
-  schedule = learning_rate(o.lr, steps_per_epoch, o.decay_epochs, o.decay, o.warmup_epochs,
-                           o.get("warmup_law", "step"), o.get("warmup_factor", 0.01))
+  schedule = optimizer_schedule(config.optimizer, config.optimizer.lr, steps_per_epoch)
   # However the loop ends (finished, preempted, interrupted), checkpoints in flight
   # are completed before returning or raising.
   with _PreemptionFlag() as flag:
