@@ -187,8 +187,9 @@ except Exception:  # a CPU torchvision whose ops load defines them itself
 '''
 
 
-def patch_list() -> str:
-  return "\n".join(f"- {f}: {why}" for f, why, _, _ in PATCHES)
+def patch_list(patches=PATCHES) -> str:
+  """One line per patch: its file and why."""
+  return "\n".join(f"- {f}: {why}" for f, why, _, _ in patches)
 
 
 __doc__ += patch_list() + "\n"

@@ -306,11 +306,7 @@ except ImportError:
 '''
 
 
-def patch_list() -> str:
-  return "\n".join(f"- {f}: {why}" for f, why, _, _ in PATCHES)
-
-
-__doc__ += patch_list() + "\n"
+__doc__ += rp.patch_list(PATCHES) + "\n"
 
 
 def reference_opts(args, seed_dir: str, epochs: int) -> list[str]:
@@ -406,15 +402,17 @@ def convert_features(raw_path: str, out_path: str) -> dict:
   out, sizes = {}, {}
   for side in ("query", "gallery"):
     side_names = [str(n) for n in raw[f"{side}_names"]]
-    parsed = [names.parse_name(n) for n in side_names]
+    parsed = names.parse_names(side_names)
     labels, cams = raw[f"{side}_label"].astype(np.int64), raw[f"{side}_cam"].astype(np.int64)
-    for n, q, label, cam in zip(side_names, parsed, labels, cams):
-      if (q.person_id, q.camera) != (label, cam):
-        raise SystemExit(f"{raw_path}: {n} has id {label}, camera {cam} in the reference's "
-                         f"features; its name says {q.person_id}, {q.camera}")
+    wrong = np.nonzero((parsed.person_ids != labels) | (parsed.cameras + 1 != cams))[0]
+    if wrong.size:
+      i = int(wrong[0])
+      raise SystemExit(f"{raw_path}: {side_names[i]} has id {labels[i]}, camera {cams[i]} in "
+                       f"the reference's features; its name says {parsed.person_ids[i]}, "
+                       f"{parsed.cameras[i] + 1}")
     out[f"{side}_f"] = raw[f"{side}_f"].astype(np.float32)
     out[f"{side}_label"], out[f"{side}_cam"] = labels, cams
-    out[f"{side}_frames"] = np.asarray([q.time for q in parsed], np.int64)
+    out[f"{side}_frames"] = parsed.times
     out[f"{side}_names"] = np.asarray(side_names)
     sizes[side] = len(side_names)
   np.savez(out_path, **out)
@@ -541,7 +539,7 @@ def main():
   sides = args.sides.split(",")
   os.makedirs(args.workdir, exist_ok=True)
   print("The reference side runs its own tools/train.py (ignite 0.1.2's loop, engine/trainer.py)"
-        "; patches applied to copies of its files:\n" + patch_list(), flush=True)
+        "; patches applied to copies of its files:\n" + rp.patch_list(PATCHES), flush=True)
   print(f"Beside them: {SHIMS}", flush=True)
   print(f"\nSettings:\n{settings_text(args)}", flush=True)
 
