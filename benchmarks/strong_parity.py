@@ -71,12 +71,15 @@ Like with like, where the two codes differ in ways that are not the trainer's:
   ``--jreid_warmup_law=step`` runs the jreid side with jreid's per-step law instead
   (every step along a line to lr at the same epoch), to measure the difference.
   The decays fall at the same epochs.
-
-Differences the benchmark leaves as they are (each code's own way), stated in its output:
 - Epoch length: the reference's epoch is one pass of its identity sampler, shorter
   than 12,936 / 64 batches by the images left over in each identity's last chunk and
-  by the identities left when fewer than P have chunks; jreid's passes follow one
-  another up to 12,936 // 64 = 202 batches. Both counts are printed (steps/epoch).
+  by the identities left when fewer than P have chunks (182-184 batches on Market);
+  so is jreid's with ``data.pk_epoch="identity_pass"`` (the recipe's: the mean pass
+  length, 183 batches, in every epoch). ``--jreid_pk_epoch=images`` runs the jreid
+  side with jreid's default P x K epoch instead, passes following one another up to
+  12,936 // 64 = 202 batches. Both counts are printed (steps/epoch).
+
+Differences the benchmark leaves as they are (each code's own way), stated in its output:
 - Images: the reference resizes with PIL's bilinear filter on the host, jreid
   bicubically on the device; the reference pads with black before its crop, jreid with
   the mean colour; the reference's random erasing fills the normalised image with the
@@ -377,6 +380,7 @@ def jreid_overrides(args, seed: int) -> list[str]:
           f"--config.optimizer.lr={args.lr!r}",
           f"--config.optimizer.warmup_epochs={float(args.warmup_epochs)}",
           f"--config.optimizer.warmup_law={args.jreid_warmup_law}",
+          f"--config.data.pk_epoch={args.jreid_pk_epoch}",
           "--config.optimizer.decay_epochs=(" + "".join(f"{e}," for e in args.decay_epochs) + ")",
           "--config.eval.methods=('visual',)", "--config.rerank.enabled=False"]
 
@@ -495,10 +499,10 @@ def settings_text(args) -> str:
       f"x0.1 at epochs {list(args.decay_epochs)}; {args.epochs} epochs; pad {args.pad}",
       f"test features: BN feature ('after'); reference flip-and-add: {args.reference_flip} "
       f"(jreid: always){'' if args.reference_flip else ' -- NOT like with like'}",
-      "left as each code has it: epoch length (steps/epoch below), "
-      "resize filter (reference bilinear, jreid bicubic), pad colour (black / mean), erasing "
-      "fill (ImageNet mean values in normalised units / 0), junk gallery images (dropped / "
-      "kept and ignored)"])
+      f"epoch: reference one sampler pass; jreid {args.jreid_pk_epoch} (steps/epoch below)",
+      "left as each code has it: resize filter (reference bilinear, jreid bicubic), pad "
+      "colour (black / mean), erasing fill (ImageNet mean values in normalised units / 0), "
+      "junk gallery images (dropped / kept and ignored)"])
 
 
 def main():
@@ -511,6 +515,9 @@ def main():
   p.add_argument("--epochs", type=int, default=4)
   p.add_argument("--jreid_warmup_law", default="epoch", choices=("epoch", "step"),
                  help="jreid's optimizer.warmup_law: 'epoch' as the reference, 'step' jreid's own")
+  p.add_argument("--jreid_pk_epoch", default="identity_pass", choices=("identity_pass", "images"),
+                 help="jreid's data.pk_epoch: 'identity_pass' as the reference, 'images' jreid's "
+                      "own (len // batch steps)")
   p.add_argument("--warmup_epochs", type=int, default=1,
                  help="epochs of linear warm-up (the reference's WARMUP_ITERS; 0: none)")
   p.add_argument("--decay_epochs", default="3", help="x0.1 at these epochs (comma-separated)")

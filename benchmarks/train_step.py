@@ -1,8 +1,14 @@
-"""Benchmark: ResNet PCB train-step throughput, compile time, FLOPs and MFU, per device.
+"""Benchmark: ReID train-step throughput, compile time, FLOPs and MFU, per device.
 
-  python benchmarks/train_step.py [--depth=50] [--width=64] [--image_size=384,192] [--batch=32]
+  python benchmarks/train_step.py [--backbone=resnet|mobilenet_v2] [--depth=50] [--width=64]
+                                  [--width_mult=1.0] [--recipe=pcb|strong]
+                                  [--image_size=384,192] [--batch=32]
                                   [--dtype=float32|bfloat16] [--steps=5] [--augment]
                                   [--transfer_size=128,64] [--peak_tflops=989]
+
+--recipe pcb: the PCB head (6 parts) and cross-entropy; strong: the strong baseline's
+BNNeck head, triplet plus label-smoothed cross-entropy and Adam
+(``experiments/market1501_strong.apply_strong_recipe``).
 
 Runs jreid's jitted, batch-sharded train step (``train.make_train_step``, the one
 training uses) on random data over every local device; prints the jit (compile)
@@ -37,6 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from experiments import base  # pylint: disable=g-import-not-at-top
+from experiments import market1501_strong  # pylint: disable=g-import-not-at-top
 from jreid import augment  # pylint: disable=g-import-not-at-top
 from jreid import sharding  # pylint: disable=g-import-not-at-top
 from jreid import train  # pylint: disable=g-import-not-at-top
@@ -85,6 +92,9 @@ def _xla_flops(compiled):
 
 def main():
   parser = argparse.ArgumentParser()
+  parser.add_argument("--backbone", default="resnet", choices=("resnet", "mobilenet_v2"))
+  parser.add_argument("--width_mult", type=float, default=1.0, help="mobilenet_v2's")
+  parser.add_argument("--recipe", default="pcb", choices=("pcb", "strong"))
   parser.add_argument("--depth", type=int, default=50)
   parser.add_argument("--width", type=int, default=64, help="stem channels (64: the real ResNets)")
   parser.add_argument("--image_size", default="384,192")
@@ -101,6 +111,9 @@ def main():
   H, W = (int(x) for x in args.image_size.split(","))
   h, w = (int(x) for x in args.transfer_size.split(","))
   config = base.training_config()
+  if args.recipe == "strong":
+    market1501_strong.apply_strong_recipe(config)
+  config.model.backbone, config.model.width_mult = args.backbone, args.width_mult
   config.model.depth, config.model.dtype = args.depth, args.dtype
   config.model.width = args.width
   mesh = sharding.make_mesh()
@@ -149,7 +162,10 @@ def main():
 
   per_step = statistics.median(times["float"])
   device = jax.devices()[0].device_kind
-  print(f"ResNet-{args.depth} (width {args.width}) PCB {H}x{W} {args.dtype}, batch {args.batch}/device on {n} x "
+  net = (f"MobileNetV2 (width x{args.width_mult:g})" if args.backbone == "mobilenet_v2"
+         else f"ResNet-{args.depth} (width {args.width})")
+  head = "PCB" if args.recipe == "pcb" else "BNNeck + triplet"
+  print(f"{net} {head} {H}x{W} {args.dtype}, batch {args.batch}/device on {n} x "
         f"{device}: jit {jit_s['float']:.1f} s, {per_step * 1000:.1f} ms/step (median of "
         f"{args.rounds} rounds of {args.steps}), {args.batch / per_step:.1f} images/s per device")
   achieved = flops["float"] / per_step / 1e12 / n

@@ -77,6 +77,7 @@ def training_config() -> ml_collections.ConfigDict:
   config.data.sampler = "random"       # or "pk": ids_per_batch x images_per_id batches
   config.data.ids_per_batch = 8
   config.data.images_per_id = 4
+  config.data.pk_epoch = "images"      # "pk" epochs: "images" (len // batch steps) or "identity_pass" (one pass of the sampler)
   config.data.shards = 0               # 0: one train shard per process (see TrainData)
 
   config.train = ml_collections.ConfigDict()
@@ -92,16 +93,18 @@ def training_config() -> ml_collections.ConfigDict:
   config.augment.pad = 0          # pad-and-crop: pixels of padding (the mean colour), then a random crop (0: off)
 
   config.model = ml_collections.ConfigDict()
+  config.model.backbone = "resnet"  # a key of jreid.models.heads.BACKBONES: "resnet" or "mobilenet_v2"
   config.model.depth = 50
   config.model.width = 64
   config.model.stage_blocks = ()  # () = the depth's; e.g. (1, 1, 1, 1) for tiny models
+  config.model.width_mult = 1.0    # mobilenet_v2's channel multiplier
   config.model.last_stride = 1
   config.model.head = "pcb"       # a key of jreid.models.heads.HEADS: "pcb" or "bnneck"
   config.model.parts = 6          # PCB; 1 = global pooling (features are normalised per part)
   config.model.bottleneck = 256
   config.model.dropout = 0.5
   config.model.dtype = "float32"  # or "bfloat16" (parameters stay float32)
-  config.model.imagenet = ""      # torchvision/timm ResNet .safetensors or .npz
+  config.model.imagenet = ""      # ImageNet backbone: .pth/.pt (torch.save), .safetensors or .npz
 
   config.loss = ml_collections.ConfigDict()
   config.loss.label_smoothing = 0.0   # epsilon of the cross-entropy's smoothed target

@@ -9,8 +9,8 @@ plus those of its horizontal flip, each part L2-normalised, then the whole vecto
 so the cosine similarity of two images is the dot product of their features.
 
 The ONNX graph is written directly with the ``onnx`` package from the NNX model's
-parameters (opset 17): BatchNorm folded into the preceding convolution, Relu,
-MaxPool, Add, ReduceMean part pooling, the BNNeck BatchNorm as Mul/Add,
+parameters (opset 17): BatchNorm folded into the preceding convolution (grouped
+for MobileNetV2's depthwise ones), Relu, Clip (ReLU6), MaxPool, Add, ReduceMean part pooling, the BNNeck BatchNorm as Mul/Add,
 ReduceL2 normalisation. Why not a converter: jax2onnx versions that accept
 orbax-checkpoint 0.12.8 (<= 0.13.0; later ones require orbax-checkpoint<0.11.37)
 fail on this model with flax 0.12.8 (their nnx.Conv shim passes flax's list
@@ -34,6 +34,7 @@ from flax import nnx
 from jreid import augment
 from jreid import files
 from jreid.models import heads
+from jreid.models import mobilenet
 from jreid.models import resnet
 
 ONNX_OPSET = 17
@@ -152,7 +153,12 @@ def _fold_conv_bn(g: _Graph, x: str, conv: nnx.Conv, bn: nnx.BatchNorm, hint: st
   return g.op("Conv", [x, g.const(weight.astype(np.float32), f"{hint}_w"),
                        g.const(bias.astype(np.float32), f"{hint}_b")], hint,
               kernel_shape=list(kernel.shape[:2]), strides=list(conv.strides),
-              pads=[pt, pl, pb, pr])
+              pads=[pt, pl, pb, pr], group=int(conv.feature_group_count))
+
+
+def _relu6(g: _Graph, x: str) -> str:
+  return g.op("Clip", [x, g.const(np.float32(0.0), "zero"), g.const(np.float32(6.0), "six")],
+              "relu6")
 
 
 def _block(g: _Graph, x: str, block, hint: str) -> str:
@@ -167,8 +173,27 @@ def _block(g: _Graph, x: str, block, hint: str) -> str:
   return g.op("Relu", [g.op("Add", [y, shortcut])], f"{hint}_out")
 
 
-def _backbone(g: _Graph, x: str, net: resnet.ResNet) -> str:
-  """NCHW float [N, 3, H, W] -> [N, C, h, w], as resnet.ResNet.__call__."""
+def _mobilenet(g: _Graph, x: str, net: mobilenet.MobileNetV2) -> str:
+  """NCHW float [N, 3, H, W] -> [N, C, h, w], as mobilenet.MobileNetV2.__call__."""
+  for i, f in enumerate(net.features):
+    if isinstance(f, mobilenet.ConvBNReLU6):
+      x = _relu6(g, _fold_conv_bn(g, x, f.conv, f.bn, f"features{i}"))
+      continue
+    y = x
+    if f.expand is not None:
+      y = _relu6(g, _fold_conv_bn(g, y, f.expand.conv, f.expand.bn, f"features{i}_expand"))
+    y = _relu6(g, _fold_conv_bn(g, y, f.depthwise.conv, f.depthwise.bn, f"features{i}_dw"))
+    y = _fold_conv_bn(g, y, f.project, f.project_bn, f"features{i}_project")
+    x = g.op("Add", [x, y], f"features{i}_out") if f.residual else y
+  return x
+
+
+def _backbone(g: _Graph, x: str, net) -> str:
+  """NCHW float [N, 3, H, W] -> [N, C, h, w], as the backbone's __call__."""
+  if isinstance(net, mobilenet.MobileNetV2):
+    return _mobilenet(g, x, net)
+  if not isinstance(net, resnet.ResNet):
+    raise NotImplementedError(f"ONNX export of backbone {type(net).__name__}")
   x = g.op("Relu", [_fold_conv_bn(g, x, net.conv1, net.bn1, "stem")])
   x = g.op("MaxPool", [x], "maxpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
   for i, blocks in enumerate(net.layers):

@@ -122,13 +122,22 @@ def training_sections(config: ml_collections.ConfigDict) -> dict:
   P x K configs also carry ``data.pk_order``: the order became the strong baseline's
   identity passes (``pipeline.identity_pass``), so checkpoints of jreid's earlier
   P x K order (stamps without it) are other training, and the stale-workdir error
-  names ``data.pk_order``. ``optimizer.warmup_law`` and ``warmup_factor`` are
-  recorded only with the per-epoch law.
+  names ``data.pk_order``. ``model.backbone`` and ``width_mult`` are recorded only
+  for a backbone other than ResNet, ``data.pk_epoch`` only as "identity_pass"
+  with the "pk" sampler, ``optimizer.warmup_law`` and ``warmup_factor`` only with
+  the per-epoch law: at their defaults the stamps and digests carry neither.
   """
   sections = json.loads(json.dumps({k: config[k].to_dict() for k in TRAINING_SECTIONS
                                     if k in config}, default=str))
-  if sections.get("data", {}).get("sampler") == "pk":
-    sections["data"]["pk_order"] = "identity_pass"
+  data = sections.get("data", {})
+  if data.get("sampler") == "pk":
+    data["pk_order"] = "identity_pass"
+  if data.get("sampler") != "pk" or data.get("pk_epoch", "images") == "images":
+    data.pop("pk_epoch", None)
+  model = sections.get("model", {})
+  if model.get("backbone", "resnet") == "resnet":
+    model.pop("backbone", None)  # the default backbone: stamps and digests carry neither
+    model.pop("width_mult", None)
   optimizer = sections.get("optimizer", {})
   if optimizer.get("warmup_law", "step") == "step":
     # The per-step law (the default) ignores warmup_factor, and its stamps and
@@ -274,7 +283,8 @@ def train(config, workdir: str, builder, data_digest: str, mesh):
   data = data_pipeline.TrainData(
       builder, config.train.batch_size, transfer_size(config), seed=config.train.seed,
       sampler=config.data.sampler, ids_per_batch=config.data.ids_per_batch,
-      images_per_id=config.data.images_per_id, num_shards=config.data.shards)
+      images_per_id=config.data.images_per_id, num_shards=config.data.shards,
+      pk_epoch=config.data.get("pk_epoch", "images"))
   logging.info("train split: %d identities, %d images in this process (shards %s of %d), "
                "%d steps per epoch", data.num_classes, data.num_images, data.shards,
                data.num_shards, data.steps_per_epoch)

@@ -31,17 +31,25 @@ from jreid import progress
 from jreid import sharding
 from jreid.models import convert
 from jreid.models import heads
+from jreid.models import mobilenet
 from jreid.models import resnet
 
 
 def model_config(config: ml_collections.ConfigDict) -> heads.ModelConfig:
   m = config.model
-  return heads.ModelConfig(
-      backbone=resnet.BackboneConfig(
-          depth=m.depth, last_stride=m.last_stride, width=m.width,
-          stage_blocks=tuple(m.stage_blocks) if m.stage_blocks else None,
-          dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32),
-      head=m.head, parts=m.parts, bottleneck=m.bottleneck, dropout=m.dropout)
+  dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
+  name = m.get("backbone", "resnet")
+  if name not in heads.BACKBONES:
+    raise ValueError(f"model.backbone={name!r}: expected one of {tuple(heads.BACKBONES)}")
+  if name == "mobilenet_v2":
+    backbone = mobilenet.MobileNetV2Config(width_mult=m.get("width_mult", 1.0),
+                                           last_stride=m.last_stride, dtype=dtype)
+  else:
+    backbone = resnet.BackboneConfig(
+        depth=m.depth, last_stride=m.last_stride, width=m.width,
+        stage_blocks=tuple(m.stage_blocks) if m.stage_blocks else None, dtype=dtype)
+  return heads.ModelConfig(backbone=backbone, head=m.head, parts=m.parts,
+                           bottleneck=m.bottleneck, dropout=m.dropout)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> heads.ReIDModel:

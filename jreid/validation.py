@@ -9,6 +9,7 @@ judged against each other and against the devices of the run.
 from __future__ import annotations
 
 import math
+import os
 
 import ml_collections
 
@@ -111,9 +112,18 @@ def _training_job(config: ml_collections.ConfigDict, device_count: int, process_
                     f"{d.ids_per_batch * d.images_per_id}")
   if d.sampler not in ("random", "pk"):
     problems.append(f"data.sampler={d.sampler!r}: expected 'random' or 'pk'")
+  if d.get("pk_epoch", "images") not in ("images", "identity_pass"):
+    problems.append(f"data.pk_epoch={d.pk_epoch!r}: expected 'images' or 'identity_pass'")
   if m.dtype not in ("float32", "bfloat16"):
     problems.append(f"model.dtype={m.dtype!r}: expected 'float32' or 'bfloat16'")
-  if m.depth not in _DEPTHS or (m.depth == 0 and not m.stage_blocks):
+  if m.imagenet and not os.path.isfile(m.imagenet):
+    problems.append(f"model.imagenet={m.imagenet!r}: no such file (an ImageNet state dict: "
+                    f".pth/.pt, .safetensors or .npz)")
+  if m.get("backbone", "resnet") not in heads.BACKBONES:
+    problems.append(f"model.backbone={m.backbone!r}: expected one of {tuple(heads.BACKBONES)}")
+  elif m.get("backbone", "resnet") == "mobilenet_v2":
+    _number(problems, "model.width_mult", m.get("width_mult", 1.0), 0.05, 4)
+  elif m.depth not in _DEPTHS or (m.depth == 0 and not m.stage_blocks):
     problems.append(f"model.depth={m.depth!r}: expected 18, 34 or 50 (or 0 with "
                     f"model.stage_blocks)")
   _number(problems, "model.parts", m.parts, 1, integer=True)

@@ -210,6 +210,38 @@ def test_pk_epoch_is_identity_passes_one_after_another():
   np.testing.assert_array_equal(epoch, np.concatenate([first, second])[:len(epoch)])
 
 
+def test_pass_batches_is_the_mean_pass_length_rounded_down():
+  labels = np.repeat(np.arange(8), [5, 1, 3, 4, 2, 6, 9, 2])
+  rng = np.random.default_rng(0)  # the fixed generator of pass_batches
+  lengths = [len(pipeline.identity_pass(labels, rng, 3, 2)) // 6
+             for _ in range(pipeline.PASS_DRAWS)]
+  assert pipeline.pass_batches(labels, 3, 2) == int(np.mean(lengths) // 1)
+  assert pipeline.pass_batches(labels, 3, 2) < len(labels) // 6  # shorter than len // batch
+  # An epoch of n batches is the prefix of the passes, as long as n (longer or shorter).
+  rng = np.random.default_rng([4, 2])
+  passes = np.concatenate([pipeline.identity_pass(labels, rng, 3, 2) for _ in range(3)])
+  for n in (1, 3, 5):
+    np.testing.assert_array_equal(
+        pipeline.epoch_order(labels, 4, 2, "pk", 3, 2, num_batches=n), passes[:n * 6])
+
+
+def test_pk_epoch_identity_pass_sets_the_steps_per_epoch(builder):
+  common = dict(global_batch=8, transfer_size=(32, 16), sampler="pk", ids_per_batch=4,
+                images_per_id=2)
+  images = pipeline.TrainData(builder, **common)
+  one_pass = pipeline.TrainData(builder, **common, pk_epoch="identity_pass")
+  labels = one_pass.labels[0]
+  assert one_pass.steps_per_epoch == pipeline.pass_batches(labels, 4, 2)
+  assert one_pass.steps_per_epoch < images.steps_per_epoch == len(labels) // 8
+  # Step s of epoch 1 starts the second epoch's passes at once.
+  s = one_pass.steps_per_epoch
+  want = pipeline.epoch_order(labels, 0, 1, "pk", 4, 2, 8, s)[:8]
+  np.testing.assert_array_equal(one_pass.rows(s)[0], want)
+  np.testing.assert_array_equal(images.rows(0)[0], one_pass.rows(0)[0])  # same draws
+  with pytest.raises(ValueError, match="pk_epoch must be one of"):
+    pipeline.TrainData(builder, **common, pk_epoch="pass")
+
+
 def test_two_shards_in_one_process_concatenate(builder):
   one = pipeline.TrainData(builder, global_batch=8, transfer_size=(64, 32), seed=3, num_shards=2)
   assert one.shards == [0, 1] and one.local_batch == 8 and one.shard_batch == 4

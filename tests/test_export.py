@@ -12,6 +12,7 @@ from jreid import features as features_lib
 from jreid import scoring
 from jreid import sharding
 from jreid.models import heads
+from jreid.models import mobilenet
 from jreid.models import resnet
 
 # experiments/tiny.py sizes: 32 x 16 images, width 4, one block per stage.
@@ -20,9 +21,15 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _trained_looking_model(head, parts, bottleneck_blocks=True):
-  """A tiny model whose BatchNorm statistics and affine terms are far from the init."""
-  backbone = resnet.BackboneConfig(depth=0, width=4, stage_blocks=(1, 1, 1, 1),
-                                   bottleneck=bottleneck_blocks)
+  """A tiny model whose BatchNorm statistics and affine terms are far from the init.
+
+  bottleneck_blocks: True / False for ResNet's block kind, "mobilenet_v2" for a
+  MobileNetV2 of width 0.25 (depthwise convolutions, ReLU6, its residuals)."""
+  if bottleneck_blocks == "mobilenet_v2":
+    backbone = mobilenet.MobileNetV2Config(width_mult=0.25)
+  else:
+    backbone = resnet.BackboneConfig(depth=0, width=4, stage_blocks=(1, 1, 1, 1),
+                                     bottleneck=bottleneck_blocks)
   model = heads.ReIDModel(heads.ModelConfig(backbone=backbone, head=head, parts=parts,
                                             bottleneck=8), 5, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(1)
@@ -36,6 +43,15 @@ def _trained_looking_model(head, parts, bottleneck_blocks=True):
       var.set_value(jnp.asarray(rng.uniform(0.5, 1.5, shape), jnp.float32))
     elif path[-1] == "bias" and path[0] == "backbone":
       var.set_value(jnp.asarray(rng.uniform(0.0, 0.3, shape), jnp.float32))
+  if bottleneck_blocks == "mobilenet_v2":
+    # Random statistics swamp the 1 x 1 maps of MobileNet's last blocks on a 32 x 16
+    # image (every image gives one feature): its statistics come from training-mode
+    # passes over random images instead, as training would set them.
+    model.train()
+    calibrate = nnx.jit(lambda m, x: m.features(x))
+    images = jnp.asarray(rng.normal(0, 1, (16, *SIZE, 3)), jnp.float32)
+    for _ in range(30):
+      calibrate(model, images)
   model.eval()
   return model
 
@@ -54,14 +70,18 @@ def _extraction(model, images_uint8):
 
 
 @pytest.mark.parametrize("head,parts,bottleneck_blocks",
-                         [("pcb", 2, True), ("bnneck", 1, True), ("pcb", 3, False)])
+                         [("pcb", 2, True), ("bnneck", 1, True), ("pcb", 3, False),
+                          ("pcb", 2, "mobilenet_v2"), ("bnneck", 1, "mobilenet_v2")])
 def test_onnx_and_jax_export_equal_extraction(head, parts, bottleneck_blocks):
   import onnxruntime as ort  # pylint: disable=g-import-not-at-top
   model = _trained_looking_model(head, parts, bottleneck_blocks)
   images = np.random.default_rng(0).integers(0, 256, (5, *SIZE, 3), dtype=np.uint8)
   expected = _extraction(model, images)
   assert expected.shape == (5, parts * model.config.backbone.out_channels)
-  assert np.abs(expected[0] - expected[1]).max() > 1e-3  # the images give distinct features
+  # The images give distinct features, beyond the tolerance below (about 4e-6 here):
+  # MobileNet's random features differ less, 3e-5 is still 7x the tolerance.
+  distinct = 3e-5 if bottleneck_blocks == "mobilenet_v2" else 1e-3
+  assert np.abs(expected[0] - expected[1]).max() > distinct
 
   session = ort.InferenceSession(export.export_onnx(model, SIZE, MEAN, STD),
                                  providers=["CPUExecutionProvider"])

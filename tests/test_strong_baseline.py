@@ -23,6 +23,7 @@ def test_market_config_is_the_published_recipe():
   assert (c.loss.triplet_weight, c.loss.margin, c.loss.label_smoothing) == (1.0, 0.3, 0.1)
   assert (c.optimizer.name, c.optimizer.lr, c.optimizer.warmup_epochs) == ("adam", 3.5e-4, 10.0)
   assert (c.optimizer.warmup_law, c.optimizer.warmup_factor) == ("epoch", 0.01)  # the authors'
+  assert c.data.pk_epoch == "identity_pass"  # the authors' epoch: one sampler pass
   assert tuple(c.optimizer.decay_epochs) == (40, 70) and c.train.epochs == 120
   assert (c.augment.flip, c.augment.pad, c.augment.erase_probability) == (True, 10, 0.5)
   s = synthetic_strong.get_config()
@@ -30,6 +31,7 @@ def test_market_config_is_the_published_recipe():
   assert s.train.epochs == 24 and tuple(s.optimizer.decay_epochs) == (18,)
   assert (s.optimizer.lr, s.optimizer.warmup_epochs, s.train.batch_size) == (1e-3, 2.0, 64)
   assert s.optimizer.warmup_law == "step"  # its measured runs (docs/strong_baseline.md)
+  assert s.data.pk_epoch == "images"
 
 
 def test_adam_with_warmup_decay_and_coupled_weight_decay():

