@@ -2,7 +2,7 @@
 
   python main.py --workdir=/tmp/jreid_market --config=experiments/market1501.py \
     --config.manual_dir=/path/holding/Market-1501-v15.09.15.zip \
-    [--config.model.imagenet=resnet50.safetensors]
+    [--config.model.imagenet=$HOME/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth]
 
 ResNet-50 PCB at 384x192, batch 32, 60 epochs, SGD (backbone 0.01, heads 0.1, x0.1
 after epoch 40), flip + random erasing; then features, ST model, evaluation and

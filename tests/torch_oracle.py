@@ -6,10 +6,17 @@ no torch), e.g. the benchmarks' ``~/.cache/jreid/torch_venv``:
   python tests/torch_oracle.py save OUT_DIR
       writes real ``torch.save`` files, ``torch_state_zip.pt`` (PyTorch >= 1.6 format) and
       ``torch_state_legacy.pt`` (``_use_new_zipfile_serialization=False``), of one state dict
-      (float32, float16, bfloat16, int64, bool tensors, a transposed view, a slice that
-      shares its storage, an nn.Parameter, a 0-d tensor, an empty tensor), and
+      (a Conv2d + BatchNorm2d module's own state dict, with its _metadata, plus float32,
+      float16, bfloat16, int64, bool tensors, a transposed view, a slice that shares its
+      storage, an nn.Parameter, a 0-d tensor, an empty tensor), and
       ``torch_state_expected.npz``: the same tensors as numpy arrays (bfloat16 as its float32
       values). The committed ``tests/fixtures/torch_state_*`` files are its output.
+  python tests/torch_oracle.py resnet DEPTH INPUT.npz OUT_DIR
+      saves a randomly initialised ``torchvision.models.resnet<DEPTH>()``'s state dict
+      with ``torch.save`` as OUT_DIR/resnet.pth (torchvision's own file format, as its
+      ImageNet downloads), with running statistics moved off 0 / 1, and writes its
+      eval-mode feature map (before the average pool) for INPUT's "x" as
+      OUT_DIR/out.npz "y".
   python tests/torch_oracle.py mobilenet WEIGHTS.pt INPUT.npz OUT.npz
       loads WEIGHTS (torchvision's layout, or the flat layout of the original port,
       renamed to torchvision's) into ``torchvision.models.mobilenet_v2().features``
@@ -45,7 +52,10 @@ def state_dict():
   torch = _torch()
   g = torch.Generator().manual_seed(0)
   base = torch.randn(4, 6, generator=g)
-  sd = collections.OrderedDict()
+  torch.manual_seed(0)
+  # A real module's state dict (torch sets its _metadata by the BUILD opcode), then more.
+  sd = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3)).state_dict()
+  assert hasattr(sd, "_metadata")
   sd["conv.weight"] = torch.randn(3, 2, 3, 3, generator=g)
   sd["half"] = torch.randn(5, generator=g).half()
   sd["bf16"] = torch.randn(2, 3, generator=g).bfloat16()
@@ -103,9 +113,31 @@ def mobilenet(weights: str, inputs: str, out: str) -> None:
   print(f"torchvision {torchvision.__version__} mobilenet_v2 features: {tuple(y.shape)}")
 
 
+def resnet(depth: str, inputs: str, out: str) -> None:
+  torch = _torch()
+  import torchvision  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  torch.set_num_threads(1)
+  model = getattr(torchvision.models, f"resnet{depth}")()
+  for m in model.modules():
+    if isinstance(m, torch.nn.BatchNorm2d):
+      m.running_mean.uniform_(-0.1, 0.1)
+      m.running_var.uniform_(0.5, 1.5)
+      m.weight.data.uniform_(0.5, 1.5)
+      m.bias.data.uniform_(-0.1, 0.1)
+  os.makedirs(out, exist_ok=True)
+  torch.save(model.state_dict(), os.path.join(out, "resnet.pth"))
+  trunk = torch.nn.Sequential(*list(model.children())[:-2]).eval()
+  with torch.no_grad():
+    y = trunk(torch.from_numpy(np.load(inputs)["x"]))
+  np.savez(os.path.join(out, "out.npz"), y=y.numpy())
+
+
 if __name__ == "__main__":
   if sys.argv[1] == "save":
     save(sys.argv[2])
+  elif sys.argv[1] == "resnet":
+    resnet(*sys.argv[2:5])
   elif sys.argv[1] == "mobilenet":
     mobilenet(*sys.argv[2:5])
   else:

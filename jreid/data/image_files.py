@@ -22,9 +22,7 @@ from jreid.data import pipeline as data_pipeline
 
 
 def _decode(path: tf.Tensor) -> tf.Tensor:
-  image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-  image.set_shape([None, None, 3])
-  return image
+  return data_pipeline.decode(tf.io.read_file(path))
 
 
 def batches(paths: Sequence[str], global_batch: int,

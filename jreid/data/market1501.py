@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 from jreid import errors
 from jreid import files
 from jreid import names as names_lib
+from jreid.data import pipeline
 from jreid.records import Records
 
 ROOT_NAME = "Market-1501-v15.09.15"
@@ -251,11 +252,13 @@ def split_records(builder: tfds.core.DatasetBuilder, split: str) -> Records:
 
 
 def decoded_images(builder: tfds.core.DatasetBuilder, split: str, indices) -> dict[int, np.ndarray]:
-  """{index: uint8 [h, w, 3]} of the split's images at ``indices`` (for pictures)."""
+  """{index: uint8 [h, w, 3]} of the split's images at ``indices`` (for pictures), decoded
+  as the pipelines decode them (``pipeline.decode``)."""
   wanted = set(int(i) for i in indices)
   out = {}
-  ds = builder.as_dataset(split=split, shuffle_files=False)
-  for i, ex in enumerate(ds.map(lambda ex: ex["image"]).as_numpy_iterator()):
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={"image": tfds.decode.SkipDecoding()})
+  for i, ex in enumerate(ds.map(lambda ex: pipeline.decode(ex["image"])).as_numpy_iterator()):
     if i in wanted:
       out[i] = ex
       if len(out) == len(wanted):

@@ -34,6 +34,18 @@ import tensorflow_datasets as tfds
 TRANSFER_SIZE = (128, 64)  # Market-1501's box: height, width
 
 
+def decode(encoded: tf.Tensor) -> tf.Tensor:
+  """Encoded image bytes -> uint8 [h, w, 3]: JPEG with the accurate integer IDCT
+  (libjpeg's ISLOW, what PIL and so PyTorch pipelines decode with: the same pixels as
+  ``PIL.Image.open(...).convert("RGB")``; TensorFlow's default fast IDCT is off by up
+  to 5 grey levels), PNG, BMP or GIF (its first frame) as ``tf.io.decode_image``."""
+  image = tf.cond(
+      tf.io.is_jpeg(encoded),
+      lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+      lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
+  return tf.ensure_shape(image, [None, None, 3])
+
+
 def fit_to_transfer_size(image: tf.Tensor, transfer_size: tuple[int, int]) -> tf.Tensor:
   """uint8 [h, w, 3] -> uint8 [H, W, 3]: unchanged when already H x W, else bilinear
   (antialiased when shrinking), rounded to the nearest level."""
@@ -58,7 +70,7 @@ def decode_images(encoded: np.ndarray, transfer_size: tuple[int, int] = TRANSFER
   if len(encoded) == 0:
     return np.zeros((0, H, W, 3), np.uint8)
   ds = tf.data.Dataset.from_tensor_slices(encoded).map(
-      lambda e: fit_to_transfer_size(tf.io.decode_jpeg(e, channels=3), transfer_size),
+      lambda e: fit_to_transfer_size(decode(e), transfer_size),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   out = np.empty((len(encoded), H, W, 3), np.uint8)
   done = 0
@@ -69,7 +81,7 @@ def decode_images(encoded: np.ndarray, transfer_size: tuple[int, int] = TRANSFER
   except tf.errors.OpError as e:
     for i in range(done, len(encoded)):  # name the first image that does not decode
       try:
-        tf.io.decode_jpeg(encoded[i], channels=3)
+        decode(tf.constant(encoded[i]))
       except tf.errors.OpError as bad:
         name = names[i] if names is not None else None
         name = name.decode() if isinstance(name, bytes) else name
@@ -311,9 +323,10 @@ def eval_batches(builder: tfds.core.DatasetBuilder, split: str, global_batch: in
   sizes = [builder.info.splits[p].num_examples for p in parts]
   num_batches = max(1, math.ceil(max(sizes) / local))
   offset = sum(sizes[:me])
-  ds = builder.as_dataset(split=parts[me], shuffle_files=False)
+  ds = builder.as_dataset(split=parts[me], shuffle_files=False,
+                          decoders={"image": tfds.decode.SkipDecoding()})
   ds = ds.enumerate().map(lambda i, ex: {
-      "image": fit_to_transfer_size(ex["image"], transfer_size),
+      "image": fit_to_transfer_size(decode(ex["image"]), transfer_size),
       "id": ex["id"], "camera": ex["camera"] - 1, "time": ex["time"], "index": i + offset,
       "mask": True}, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   H, W = transfer_size

@@ -9,13 +9,18 @@ only what a state dict holds: ``collections.OrderedDict``, torch's typed storage
 and its tensor and parameter rebuild functions, all mapped to numpy here. Any
 other global (a module, a class, ``os.system`` in a ``__reduce__`` payload) is
 refused before it is looked up, with an error naming the file and the global,
-so nothing in the file runs.
+so nothing in the file runs; the BUILD opcode (setting an object's state) is
+accepted only on an OrderedDict (torch's ``_metadata``, dropped), so a file cannot
+change the unpickler's own objects either. It is Python's pure-Python unpickler
+(``pickle._Unpickler``), whose opcode table can be restricted so; a state dict's
+pickle is small (its tensors' bytes are read separately).
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import struct
 import zipfile
@@ -40,23 +45,30 @@ class UnsafeFileError(ValueError):
 
 
 class _StorageType:
+  __slots__ = ("name", "dtype")
+
   def __init__(self, name: str):
     self.name, self.dtype = name, np.dtype(STORAGE_DTYPES[name])
 
 
 class _Storage:
   """One storage: its dtype and numel; ``data`` is filled once its bytes are read."""
+  __slots__ = ("key", "dtype", "numel", "data", "base", "base_offset")
 
   def __init__(self, key: str, dtype: np.dtype, numel: int):
     self.key, self.dtype, self.numel, self.data = key, dtype, numel, None
+    self.base, self.base_offset = None, 0
 
 
 class _Tensor:
   """A tensor waiting for its storage's bytes (legacy files store them after the object)."""
+  __slots__ = ("storage", "offset", "size", "stride")
 
   def __init__(self, storage: _Storage, offset: int, size, stride):
     self.storage, self.offset = storage, int(offset)
     self.size, self.stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    if len(self.size) != len(self.stride):
+      raise pickle.UnpicklingError(f"a tensor of shape {self.size} with strides {self.stride}")
 
   def array(self, path: str) -> np.ndarray:
     data = self.storage.data
@@ -68,6 +80,9 @@ class _Tensor:
                              if n > 0)
     if any(n == 0 for n in self.size):
       return np.zeros(self.size, self.storage.dtype)
+    if math.prod(self.size) > len(data):  # a state dict's tensors never outgrow storage
+      raise ValueError(f"{path!r}: a tensor of shape {self.size} has more elements than its "
+                       f"storage {self.storage.key!r} ({len(data)}): refused")
     if self.offset < 0 or last >= len(data) or min(self.stride, default=0) < 0:
       raise ValueError(f"{path!r}: a tensor of shape {self.size} (offset {self.offset}, "
                        f"stride {self.stride}) reaches past its storage "
@@ -97,20 +112,32 @@ _GLOBALS = {
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
 }
 
 
-class _Unpickler(pickle.Unpickler):
-  """Unpickles a state dict: only the globals of ``_GLOBALS``; storages by persistent id."""
+class _Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
+  """Unpickles a state dict: only the globals of ``_GLOBALS`` and torch's storage types;
+  storages by persistent id; BUILD only on OrderedDicts."""
+  dispatch = dict(pickle._Unpickler.dispatch)  # pylint: disable=protected-access
 
   def __init__(self, file, path: str, storages: dict[str, _Storage]):
     super().__init__(file)
     self.path, self.storages = path, storages
 
+  def load_build(self):
+    state = self.stack.pop()
+    if type(self.stack[-1]) is not collections.OrderedDict:  # pylint: disable=unidiomatic-typecheck
+      raise UnsafeFileError(f"{self.path!r} sets the state of a "
+                            f"{type(self.stack[-1]).__name__}: refused (a state dict sets none "
+                            f"but an OrderedDict's metadata)")
+    del state  # torch's _metadata (module versions): nothing numpy keeps
+  dispatch[pickle.BUILD[0]] = load_build
+
   def find_class(self, module: str, name: str):
     if (module, name) in _GLOBALS:
       return _GLOBALS[module, name]
+    if module == "torch" and name in STORAGE_DTYPES:
+      return _StorageType(name)  # a fresh one: nothing is shared between loads
     raise UnsafeFileError(
         f"{self.path!r} asks for the global {module}.{name}, which a state dict of "
         f"tensors never needs: refused, and nothing in the file was run (allowed: tensors, "
@@ -126,7 +153,7 @@ class _Unpickler(pickle.Unpickler):
     if key not in self.storages:
       self.storages[key] = _Storage(key, kind.dtype, numel)
     storage = self.storages[key]
-    if len(pid) == 6 and pid[5] is not None:
+    if len(pid) == 6 and pid[5] is not None:  # a view into the storage (legacy files)
       view_key, offset, view_size = pid[5]
       view = _Storage(str(view_key), kind.dtype, int(view_size))
       view.base, view.base_offset = storage, int(offset)  # filled with the base's bytes
@@ -161,11 +188,14 @@ def _load_zip(path: str, archive: zipfile.ZipFile):
   for key, storage in storages.items():
     entry = f"{prefix}data/{key}"
     try:
-      raw = archive.read(entry)
+      size = archive.getinfo(entry).file_size
     except KeyError:
       raise ValueError(f"{path!r}: storage {key!r} ({entry}) is missing: the file is "
                        f"truncated or damaged") from None
-    storage.data = np.frombuffer(raw, storage.dtype)[:storage.numel]
+    if size != storage.numel * storage.dtype.itemsize:
+      raise ValueError(f"{path!r}: storage {key!r} ({entry}) holds {size} bytes, expected "
+                       f"{storage.numel} x {storage.dtype.itemsize}: the file is damaged")
+    storage.data = np.frombuffer(archive.read(entry), storage.dtype)
   return obj
 
 
@@ -198,16 +228,17 @@ def _load_legacy(path: str, f):
     if len(head) != 8:
       raise ValueError(f"{path!r}: storage {key!r} is missing: the file is truncated")
     (numel,) = struct.unpack("<q", head)
+    if numel != storage.numel:
+      raise ValueError(f"{path!r}: storage {key!r} says {numel} elements, its tensors "
+                       f"{storage.numel}: the file is damaged")
     raw = f.read(numel * storage.dtype.itemsize)
-    if numel != storage.numel or len(raw) != numel * storage.dtype.itemsize:
+    if len(raw) != numel * storage.dtype.itemsize:
       raise ValueError(f"{path!r}: storage {key!r} holds {len(raw) // storage.dtype.itemsize} "
                        f"of its {storage.numel} elements: the file is truncated or damaged")
     storage.data = np.frombuffer(raw, storage.dtype)
   for storage in storages.values():
-    if hasattr(storage, "base"):
-      base = storage.base
-      if base.data is not None:
-        storage.data = base.data[storage.base_offset:storage.base_offset + storage.numel]
+    if storage.base is not None and storage.base.data is not None:
+      storage.data = storage.base.data[storage.base_offset:storage.base_offset + storage.numel]
   return obj
 
 
@@ -232,7 +263,11 @@ def load(path: str):
           obj = _load_zip(path, archive)
       else:
         obj = _load_legacy(path, f)
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, struct.error) as e:
+    except UnsafeFileError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (damage raises many types)
+      if isinstance(e, ValueError) and repr(path) in str(e):
+        raise  # already names the file and the part
       raise ValueError(f"{path!r}: truncated or damaged torch file ({type(e).__name__}: "
                        f"{e})") from None
   return _materialise(obj, path)
