@@ -18,9 +18,10 @@ methods.
 Why these choices (train-step times measured on the 2-core CPU with
 ``benchmarks/train_step.py --backbone=mobilenet_v2 --recipe=strong --batch=64``):
 - Input 144x72, the largest that fits the hour at 7 epochs. At Market's own box size,
-  128x64, a step of 64 takes 1,805 ms (35.5 images/s; 1.73 s in the job), 7 epochs
-  of 183 steps 37 minutes and the whole job 41 minutes; the step's cost grows with
-  the pixels, so 144x72 (1.27x) takes about 51 minutes and 160x80 (1.56x) would
+  128x64, a step of 64 takes 1,805 ms (35.5 images/s; 1.73 s in the job), and the
+  whole job took 41 minutes (visual rank-1 / mAP 71.1 / 46.6, st 89.7 / 63.2). At
+  144x72 a step takes 2.26 s in the job (1.31x for 1.27x the pixels) and the whole
+  job 52 minutes (74.7 / 51.6, st 91.0 / 67.3); 160x80 (1.56x the pixels) would
   overrun. 256x128, the anchor's size (torchreid's ``mobilenetv2_x1_0``, rank-1
   85.6 / mAP 67.3), costs 4x the pixels of 128x64: 2 epochs in the hour. The boxes
   still cross at 128x64 and are resized on the device.
@@ -32,7 +33,8 @@ Why these choices (train-step times measured on the 2-core CPU with
 A user with a GPU runs the same config at the anchor's schedule by overriding
 ``--config.data.image_size=256,128 --config.train.epochs=60
 --config.optimizer.decay_epochs=40,`` (and ``--config.optimizer.warmup_epochs=10``).
-The numbers this config gives are in the README's "Market-1501, measured".
+The numbers this config gives are in the README's "Market-1501, measured" and in
+docs/market1501.md.
 """
 
 import os
