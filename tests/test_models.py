@@ -18,6 +18,8 @@ from jreid.models import mobilenet
 from jreid.models import resnet
 from jreid.models import torch_file
 
+import torch_oracle  # pylint: disable=g-import-not-at-top,wrong-import-order  (tests/, no torch)
+
 TINY = resnet.BackboneConfig(depth=0, width=4, stage_blocks=(1, 1, 1, 1), bottleneck=True)
 
 
@@ -239,7 +241,6 @@ def test_shared_mobilenet_v2_file_equals_torchvisions_forward():
 
 @needs_shared_mobilenet
 def test_torchvision_and_flat_mobilenet_layouts_convert_to_the_same_weights(tmp_path):
-  import torch_oracle  # pylint: disable=g-import-not-at-top  (its renaming needs no torch)
   flat = torch_file.read_state_dict(SHARED_MOBILENET)
   assert convert.mobilenet_layout(flat) == "flat"
   nested = torch_oracle.to_torchvision_names(flat)
@@ -257,14 +258,12 @@ def test_torchvision_and_flat_mobilenet_layouts_convert_to_the_same_weights(tmp_
 
 
 @needs_shared_mobilenet
-@pytest.mark.skipif(not os.path.exists(os.environ.get(
-    "JREID_TORCH_PYTHON", os.path.expanduser("~/.cache/jreid/torch_venv/bin/python"))),
+@pytest.mark.skipif(not os.path.exists(torch_oracle.TORCH_PYTHON),
                     reason="no PyTorch venv (set JREID_TORCH_PYTHON); the committed "
                            "torchvision output is tested without it")
 def test_mobilenet_v2_equals_torchvision_run_now(tmp_path):
-  """torchvision run now, at last stride 1 on a 96 x 48 batch."""
-  python = os.environ.get("JREID_TORCH_PYTHON",
-                          os.path.expanduser("~/.cache/jreid/torch_venv/bin/python"))
+  """torchvision run now, on a 96 x 48 batch (last stride 2, as torchvision's)."""
+  python = torch_oracle.TORCH_PYTHON
   x = np.random.default_rng(3).normal(0, 1, (2, 3, 96, 48)).astype(np.float32)
   np.savez(tmp_path / "in.npz", x=x)
   subprocess.run([python, os.path.join(os.path.dirname(__file__), "torch_oracle.py"),
@@ -278,14 +277,12 @@ def test_mobilenet_v2_equals_torchvision_run_now(tmp_path):
   assert np.abs(np.asarray(got) - want).max() <= 1e-4 * np.abs(want).max()
 
 
-@pytest.mark.skipif(not os.path.exists(os.environ.get(
-    "JREID_TORCH_PYTHON", os.path.expanduser("~/.cache/jreid/torch_venv/bin/python"))),
+@pytest.mark.skipif(not os.path.exists(torch_oracle.TORCH_PYTHON),
                     reason="no PyTorch venv (set JREID_TORCH_PYTHON)")
 def test_torchvision_resnet_file_as_torch_saves_it_equals_torchvisions_forward(tmp_path):
   """A state dict file written by torch.save from torchvision's own resnet18 (the format
   of its ImageNet downloads) loads without torch and gives torchvision's feature map."""
-  python = os.environ.get("JREID_TORCH_PYTHON",
-                          os.path.expanduser("~/.cache/jreid/torch_venv/bin/python"))
+  python = torch_oracle.TORCH_PYTHON
   x = np.random.default_rng(4).normal(0, 1, (2, 3, 64, 32)).astype(np.float32)
   np.savez(tmp_path / "in.npz", x=x)
   subprocess.run([python, os.path.join(os.path.dirname(__file__), "torch_oracle.py"), "resnet",

@@ -21,10 +21,11 @@ import pytest
 from jreid.models import convert
 from jreid.models import torch_file
 
+import torch_oracle  # pylint: disable=g-import-not-at-top,wrong-import-order  (tests/, no torch)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "fixtures")
-TORCH_PYTHON = os.environ.get("JREID_TORCH_PYTHON",
-                              os.path.expanduser("~/.cache/jreid/torch_venv/bin/python"))
+TORCH_PYTHON = torch_oracle.TORCH_PYTHON
 needs_torch = pytest.mark.skipif(
     not os.path.exists(TORCH_PYTHON),
     reason=f"no PyTorch venv at {TORCH_PYTHON} (set JREID_TORCH_PYTHON; the committed "

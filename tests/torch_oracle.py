@@ -33,6 +33,10 @@ import sys
 
 import numpy as np
 
+# The PyTorch venv the torch-oracle tests run this script with (they skip without it).
+TORCH_PYTHON = os.environ.get("JREID_TORCH_PYTHON",
+                              os.path.expanduser("~/.cache/jreid/torch_venv/bin/python"))
+
 
 def _torch():
   """torch, with torchvision's operator schemas defined (importable without torch: the

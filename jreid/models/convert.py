@@ -123,21 +123,10 @@ def mobilenet_layout(names) -> str:
   return "torchvision" if any(nested.search(n) for n in names) else "flat"
 
 
-def _expanding_blocks() -> set[int]:
-  """features indices of the inverted residuals with an expansion (t != 1)."""
-  out, i = set(), 1
-  for t, _, n, _ in mobilenet.INVERTED_RESIDUAL_SETTING:
-    for _ in range(n):
-      if t != 1:
-        out.add(i)
-      i += 1
-  return out
-
-
 def mobilenet_name_to_path(name: str, layout: str) -> tuple[tuple, str] | None:
   """torch MobileNetV2 name -> (NNX path under ``backbone``, kind) or None if unknown."""
   name = re.sub(r"^(module\.|model\.|backbone\.)", "", name)
-  last = 1 + sum(n for _, _, n, _ in mobilenet.INVERTED_RESIDUAL_SETTING)
+  last = 1 + len(mobilenet.BLOCK_EXPANSIONS)
   m = re.fullmatch(r"features\.(\d+)\.([01])\.(\w+)", name)
   if m and int(m.group(1)) in (0, last):
     return _leaf(("backbone", "features", int(m.group(1)), "conv" if m.group(2) == "0"
@@ -145,7 +134,7 @@ def mobilenet_name_to_path(name: str, layout: str) -> tuple[tuple, str] | None:
   m = re.fullmatch(r"features\.(\d+)\.conv\.([\d.]+)\.(\w+)", name)
   if m and 0 < int(m.group(1)) < last:
     i = int(m.group(1))
-    slot = _MOBILENET_SLOTS[layout, i in _expanding_blocks()].get(m.group(2))
+    slot = _MOBILENET_SLOTS[layout, mobilenet.BLOCK_EXPANSIONS[i - 1] != 1].get(m.group(2))
     if slot is not None:
       return _leaf(("backbone", "features", i) + slot[0], m.group(3), slot[1])
   return None

@@ -33,6 +33,8 @@ INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64
                              (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 STEM_CHANNELS, LAST_CHANNELS = 32, 1280
 LAST_STRIDE_STAGE = 5  # the 160-channel stage: its stride is last_stride
+# The expansion t of each inverted residual, features[1] to features[17].
+BLOCK_EXPANSIONS = tuple(t for t, _, n, _ in INVERTED_RESIDUAL_SETTING for _ in range(n))
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
