@@ -114,7 +114,7 @@ def match_lists(query_ids: np.ndarray, query_cameras: np.ndarray, gallery_ids: n
   valid = pos < hi[:, None]
   cand = order[np.minimum(pos, len(order) - 1)] if len(order) else np.zeros_like(pos)
   same_cam = gallery_cameras[cand] == query_cameras[:, None]
-  good = valid & ~same_cam & (gallery_ids[cand] != -1)
+  good = valid & ~same_cam & (gallery_ids[cand] != records_lib.JUNK_ID)
   junk = valid & same_cam
   return (np.where(good, cand, -1).astype(np.int32), np.where(junk, cand, -1).astype(np.int32))
 
@@ -171,7 +171,7 @@ class _Placement:
 
   def named(self, spec=None) -> jax.sharding.NamedSharding:
     """The mesh's sharding of ``spec`` (None: replicated)."""
-    return self.copies if spec is None else jax.sharding.NamedSharding(self.mesh, spec)
+    return sharding.named(self.mesh, spec)
 
   def put(self, x, spec=None):
     x = np.asarray(x)
@@ -803,7 +803,7 @@ def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, 
              np.concatenate([query.cameras, gallery.cameras]).astype(np.int32),
              np.concatenate([query.times, gallery.times]).astype(np.int32),
              np.concatenate([np.zeros(Q, bool), np.ones(G, bool)]),
-             np.concatenate([np.zeros(Q, bool), gallery.person_ids == -1]))
+             np.concatenate([np.zeros(Q, bool), gallery.person_ids == records_lib.JUNK_ID]))
     (q_row_max, q_index, q_value, (item, weight, start), terms, cols,
      block) = _rerank_inputs(place, mesh, timer, rerank_kinds, items, Q, table, rerank, bin_width,
                              fusion, budget_elements)
@@ -816,7 +816,7 @@ def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, 
                  num_terms, rows, float(terms.mean()))
   else:
     cols, block = _columns(place, gallery.features, gallery.cameras, gallery.times,
-                           np.ones(G, bool), gallery.person_ids == -1)
+                           np.ones(G, bool), gallery.person_ids == records_lib.JUNK_ID)
     first_gallery, num_items, num_terms = 0, G, 1
     rows = records_lib.chunk_rows(Q, block, budget_elements)
     tile = block

@@ -38,6 +38,7 @@ from jreid import augment
 from jreid import features as features_lib
 from jreid import files
 from jreid.models import heads
+from jreid.models import layers
 from jreid.models import mobilenet
 from jreid.models import resnet
 
@@ -143,7 +144,7 @@ def _value(v) -> np.ndarray:
   return np.asarray(jax.device_get(v[...]), np.float32)
 
 
-def _fold_conv_bn(g: _Graph, x: str, conv: nnx.Conv, bn: nnx.BatchNorm, hint: str) -> str:
+def _fold_conv_bn(g: _Graph, x: str, conv: layers.Conv | mobilenet.DepthwiseConv, bn: nnx.BatchNorm, hint: str) -> str:
   """Conv (no bias) then eval-mode BatchNorm as one Conv with folded weights and bias."""
   kernel = _value(conv.kernel)  # [kh, kw, cin, cout]
   scale = _value(bn.scale) / np.sqrt(_value(bn.var) + bn.epsilon)

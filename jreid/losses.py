@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
+
+from jreid import sharding as sharding_lib
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
@@ -43,7 +44,7 @@ def _replicated(x: jax.Array) -> jax.Array:
   mesh = getattr(sharding, "mesh", None)
   if mesh is None or mesh.empty or all(s is None for s in sharding.spec):
     return x
-  return jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, P()))
+  return jax.sharding.reshard(x, sharding_lib.replicated(mesh))
 
 
 def euclidean_distances(x: jax.Array) -> jax.Array:

@@ -50,15 +50,16 @@ class RerankParams:
     if not 0.0 <= self.lambda_value <= 1.0:
       raise ValueError(f"lambda_value must be in [0, 1], got {self.lambda_value}")
 
-  @property
-  def half(self) -> int:
-    """round(k1 / 2), the neighbourhood of the expansion candidates (numpy rounding)."""
-    return int(np.around(self.k1 / 2.0))
+
+def half_k1(k1: int) -> int:
+  """round(k1 / 2), the neighbourhood of the expansion candidates (numpy's rounding:
+  halves to even, as the published code's ``np.around``)."""
+  return int(np.around(k1 / 2.0))
 
 
 def expansion_width(k1: int) -> int:
   """Most members a k-reciprocal expansion set can have: (k1 + 1) (1 + round(k1 / 2) + 1)."""
-  half = int(np.around(k1 / 2.0))
+  half = half_k1(k1)
   return (k1 + 1) + (k1 + 1) * (half + 1)
 
 
@@ -125,7 +126,7 @@ def expansion_members(neighbours: jax.Array, k1: int) -> tuple[jax.Array, jax.Ar
   """
   neighbours = jnp.asarray(neighbours, jnp.int32)
   N = neighbours.shape[0]
-  half = int(np.around(k1 / 2.0))
+  half = half_k1(k1)
   full_mask = k_reciprocal_mask(neighbours, k1)              # [N, k1+1]
   half_mask = k_reciprocal_mask(neighbours, half)            # [N, half+1]
   full_sets = jnp.where(full_mask, neighbours[:, :k1 + 1], -1)

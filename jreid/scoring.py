@@ -81,16 +81,38 @@ def pair_st_probabilities(table: jax.Array, bin_width: int, query_cameras: jax.A
   Returns:
     float32 [S].
   """
-  C, _, H = table.shape
+  zero = jnp.zeros(table.shape[:2] + (1,), table.dtype)
+  return pair_bin_values(jnp.concatenate([table, zero], axis=2), bin_width, query_cameras,
+                         query_times, gallery_cameras, gallery_times)
+
+
+def pair_bin_values(binned: jax.Array, bin_width: int, query_cameras: jax.Array,
+                    query_times: jax.Array, gallery_cameras: jax.Array,
+                    gallery_times: jax.Array) -> jax.Array:
+  """The ST bin lookup: values of a per-camera-pair table [C, C, H + 1] for pairs.
+
+  The pair's bin is |qt - gt| // w of the (later camera, earlier camera) row (equal
+  times: the query counts as the earlier); bin H, the table's last, holds the value
+  of differences beyond the last bin and of cameras outside the table.
+
+  Args:
+    binned: [C, C, H + 1] values (ST probabilities with a 0 bin, or their smoothed
+      factors with f(0): ``st_factor_table``).
+    bin_width: frames per bin (static int).
+    query_cameras, query_times, gallery_cameras, gallery_times: 0-based cameras and
+      global frames, broadcastable int32 arrays of one shape S.
+  Returns:
+    [S] values of ``binned``'s dtype.
+  """
+  C, _, H1 = binned.shape
   qc, qt, gc, gt = query_cameras, query_times, gallery_cameras, gallery_times
   query_later = qt > gt
   later = jnp.where(query_later, qc, gc)
   earlier = jnp.where(query_later, gc, qc)
-  bins = jnp.abs(qt - gt) // bin_width
-  valid = (bins < H) & (later >= 0) & (later < C) & (earlier >= 0) & (earlier < C)
-  flat = (later * C + earlier) * H + jnp.minimum(bins, H - 1)
-  flat = jnp.where(valid, flat, 0)
-  return jnp.where(valid, table.reshape(-1)[flat], 0.0)
+  bins = jnp.minimum(jnp.abs(qt - gt) // bin_width, H1 - 1)
+  valid = (later >= 0) & (later < C) & (earlier >= 0) & (earlier < C)
+  flat = jnp.where(valid, (later * C + earlier) * H1 + bins, H1 - 1)
+  return binned.reshape(-1)[flat]
 
 
 def logistic(x: jax.Array, lam: float, gamma: float) -> jax.Array:
@@ -135,15 +157,8 @@ def pair_st_factors(factors: jax.Array, bin_width: int, query_cameras: jax.Array
                     gallery_times: jax.Array) -> jax.Array:
   """f(ST probability) of pairs from ``st_factor_table`` [C, C, H + 1] (broadcastable
   int32 arrays as in ``pair_st_probabilities``; out of range: f(0))."""
-  C, _, H1 = factors.shape
-  qc, qt, gc, gt = query_cameras, query_times, gallery_cameras, gallery_times
-  query_later = qt > gt
-  later = jnp.where(query_later, qc, gc)
-  earlier = jnp.where(query_later, gc, qc)
-  bins = jnp.minimum(jnp.abs(qt - gt) // bin_width, H1 - 1)
-  valid = (later >= 0) & (later < C) & (earlier >= 0) & (earlier < C)
-  flat = jnp.where(valid, (later * C + earlier) * H1 + bins, H1 - 1)
-  return factors.reshape(-1)[flat]
+  return pair_bin_values(factors, bin_width, query_cameras, query_times, gallery_cameras,
+                         gallery_times)
 
 
 def joint_scores_from_factors(visual: jax.Array, st_factors: jax.Array,

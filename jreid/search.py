@@ -80,7 +80,7 @@ def _chunk_top_k(query_features, query_cameras, query_times, gallery_features,
   junk = None
   if left_out is not None:
     query_ids, gallery_ids = left_out
-    junk = (gallery_ids[None, :] == -1) | ((gallery_ids[None, :] == query_ids[:, None])
+    junk = (gallery_ids[None, :] == records_lib.JUNK_ID) | ((gallery_ids[None, :] == query_ids[:, None])
                                           & (gallery_cameras[None, :] == query_cameras[:, None]))
   if table is None:
     top, index = jax.lax.top_k(visual if junk is None else jnp.where(junk, -jnp.inf, visual), k)
@@ -297,7 +297,8 @@ def fit_st_from_table(table: tracks_lib.Table, params: st_lib.STParams) -> Table
   rows = table.split("train") if table.splits is not None else table
   if not len(rows):
     raise tracks_lib.TracksError(f"{table.path}: no 'train' rows to fit the ST model from")
-  junk, distractors = int((rows.person_ids == -1).sum()), int((rows.person_ids == 0).sum())
+  junk = int((rows.person_ids == records_lib.JUNK_ID).sum())
+  distractors = int((rows.person_ids == records_lib.DISTRACTOR_ID).sum())
   rows = rows.select(rows.person_ids > 0)
   if not len(rows):
     raise tracks_lib.TracksError(f"{table.path}: every training row is junk (-1) or a "

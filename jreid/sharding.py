@@ -73,6 +73,11 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def named(mesh: jax.sharding.Mesh, spec: P | None = None) -> NamedSharding:
+  """The mesh's sharding of a partition spec (None: ``replicated``)."""
+  return replicated(mesh) if spec is None else NamedSharding(mesh, spec)
+
+
 def to_global(batch, sharding: jax.sharding.Sharding):
   """Process-local numpy arrays (a pytree) -> global jax.Arrays sharded by ``sharding``.
 

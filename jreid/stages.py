@@ -3,8 +3,10 @@
 prepare data -> train -> extract -> fit ST -> evaluate -> pictures. Each stage
 writes its products to the workdir and a stamp ``<workdir>/stages/<stage>.json``
 holding the digest of the inputs that shape them (``digest``). A product is
-reused only when its stamp's digest equals the digest of the inputs now; the
-stamp is written after the product, so a stage cut short is redone.
+reused only when its stamp's digest equals the digest of the inputs now. Every
+stamp but training's is written after its product, so a stage cut short is redone;
+the train stamp is written before training starts, because its products are the
+checkpoints, each complete when written, and a cut-short run resumes from the latest.
 
 * data: the synthetic world (digest of its parameters) and the TFDS dataset (a
   digest of the manual source's names, sizes and times, kept beside it).
@@ -123,7 +125,8 @@ def training_sections(config: ml_collections.ConfigDict) -> dict:
   identity passes (``pipeline.identity_pass``), so checkpoints of jreid's earlier
   P x K order (stamps without it) are other training, and the stale-workdir error
   names ``data.pk_order``. ``model.backbone`` and ``width_mult`` are recorded only
-  for a backbone other than ResNet, ``data.pk_epoch`` only as "identity_pass"
+  for a backbone other than ResNet, ``model.conv`` never (it orders the sums, as the
+  device does, and trains the same model), ``data.pk_epoch`` only as "identity_pass"
   with the "pk" sampler, ``optimizer.warmup_law`` and ``warmup_factor`` only with
   the per-epoch law: at their defaults the stamps and digests carry neither.
   """
@@ -135,6 +138,7 @@ def training_sections(config: ml_collections.ConfigDict) -> dict:
   if data.get("sampler") != "pk" or data.get("pk_epoch", "images") == "images":
     data.pop("pk_epoch", None)
   model = sections.get("model", {})
+  model.pop("conv", None)
   if model.get("backbone", "resnet") == "resnet":
     model.pop("backbone", None)  # the default backbone: stamps and digests carry neither
     model.pop("width_mult", None)
@@ -340,7 +344,7 @@ def fit_st(train: records_lib.Records, num_cameras: int, config, workdir: str
   if not labelled.all():
     logging.warning("ST model: left out %d junk (id -1) and %d distractor (id 0) training "
                     "images", int((train.person_ids < 0).sum()),
-                    int((train.person_ids == 0).sum()))
+                    int((train.person_ids == records_lib.DISTRACTOR_ID).sum()))
     train = train.select(labelled)
   params = st_params(config)
   wanted = digest(dict(params=dataclasses.asdict(params), num_cameras=num_cameras,
@@ -386,7 +390,7 @@ def check_evaluation_inputs(query: records_lib.Records, gallery: records_lib.Rec
     raise errors.InputError(
         f"no query has a true match in the gallery (same id, another camera, id not -1): "
         f"{len(query)} queries, {len(gallery)} gallery items of which "
-        f"{int((gallery.person_ids == -1).sum())} junk; every metric would be 0")
+        f"{int((gallery.person_ids == records_lib.JUNK_ID).sum())} junk; every metric would be 0")
   if with_match < len(query):
     log("evaluate: %d of %d queries have no true match in the gallery and are left out of "
         "the averages", len(query) - with_match, len(query))

@@ -43,11 +43,13 @@ def model_config(config: ml_collections.ConfigDict) -> heads.ModelConfig:
     raise ValueError(f"model.backbone={name!r}: expected one of {tuple(heads.BACKBONES)}")
   if name == "mobilenet_v2":
     backbone = mobilenet.MobileNetV2Config(width_mult=m.get("width_mult", 1.0),
-                                           last_stride=m.last_stride, dtype=dtype)
+                                           last_stride=m.last_stride, dtype=dtype,
+                                           conv=m.get("conv", "auto"))
   else:
     backbone = resnet.BackboneConfig(
         depth=m.depth, last_stride=m.last_stride, width=m.width,
-        stage_blocks=tuple(m.stage_blocks) if m.stage_blocks else None, dtype=dtype)
+        stage_blocks=tuple(m.stage_blocks) if m.stage_blocks else None, dtype=dtype,
+        conv=m.get("conv", "auto"))
   return heads.ModelConfig(backbone=backbone, head=m.head, parts=m.parts,
                            bottleneck=m.bottleneck, dropout=m.dropout)
 

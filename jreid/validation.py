@@ -17,6 +17,7 @@ from jreid import errors
 from jreid import evaluate as evaluation
 from jreid import stages
 from jreid.models import heads
+from jreid.models import layers
 
 _DEPTHS = (0, 18, 34, 50)
 
@@ -119,6 +120,8 @@ def _training_job(config: ml_collections.ConfigDict, device_count: int, process_
   if m.imagenet and not os.path.isfile(m.imagenet):
     problems.append(f"model.imagenet={m.imagenet!r}: no such file (an ImageNet state dict: "
                     f".pth/.pt, .safetensors or .npz)")
+  if m.get("conv", "auto") not in layers.CONV_IMPLS:
+    problems.append(f"model.conv={m.conv!r}: expected one of {layers.CONV_IMPLS}")
   if m.get("backbone", "resnet") not in heads.BACKBONES:
     problems.append(f"model.backbone={m.backbone!r}: expected one of {tuple(heads.BACKBONES)}")
   elif m.get("backbone", "resnet") == "mobilenet_v2":

@@ -14,6 +14,7 @@ from flax import nnx
 from jreid import losses
 from jreid.models import convert
 from jreid.models import heads
+from jreid.models import layers
 from jreid.models import mobilenet
 from jreid.models import resnet
 from jreid.models import torch_file
@@ -116,6 +117,94 @@ def test_bfloat16_compute_float32_params():
   logits = nnx.jit(lambda m, x: m(x)[0])(model, jnp.ones((1, 32, 16, 3)))
   assert logits.dtype == jnp.float32
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize("k,stride,hw", [(1, 1, (6, 5)), (1, 2, (7, 6)), (3, 1, (6, 5)),
+                                         (3, 2, (7, 6)), (7, 2, (9, 8))])
+def test_conv_as_matrix_products_equals_xlas_convolution_forward_and_backward(k, stride, hw):
+  """layers.conv_matmul (im2col x kernel) against lax.conv_general_dilated at HIGHEST
+  precision: the same output, input gradient and kernel gradient."""
+  rng = np.random.default_rng(k * 10 + stride)
+  x = jnp.asarray(rng.standard_normal((2, *hw, 5)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((k, k, 5, 4)), jnp.float32)
+  pad = (k - 1) // 2
+
+  def xla(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=jax.lax.Precision.HIGHEST)
+
+  def matmul(x, kernel):
+    with jax.default_matmul_precision("highest"):
+      return layers.conv_matmul(x, kernel, stride, pad)
+
+  want = xla(x, kernel)
+  got = matmul(x, kernel)
+  assert got.shape == want.shape == (2, (hw[0] - 1) // stride + 1, (hw[1] - 1) // stride + 1, 4)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  cotangent = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+  for g, w in zip(jax.vjp(matmul, x, kernel)[1](cotangent), jax.vjp(xla, x, kernel)[1](cotangent)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("k,stride", [(1, 1), (1, 2), (3, 2), (7, 2)])
+def test_conv_is_nnx_conv_with_xla_and_a_matrix_product_for_1x1_with_matmul(k, stride):
+  """impl "xla" is nnx.Conv's initialisation and computation, bit for bit (what GPUs and
+  TPUs run); "matmul" changes only 1x1 convolutions (to within float32 rounding)."""
+  rng = np.random.default_rng(k)
+  x = jnp.asarray(rng.standard_normal((2, 9, 7, 6)), jnp.float32)
+  pad = (k - 1) // 2
+  ref = nnx.Conv(6, 5, (k, k), (stride, stride), padding=((pad, pad), (pad, pad)),
+                 use_bias=False, rngs=nnx.Rngs(0),
+                 kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"))
+  convs = {impl: layers.Conv(6, 5, k, stride, jnp.float32, nnx.Rngs(0), impl)
+           for impl in ("xla", "matmul")}
+  for conv in convs.values():
+    # The same initial values from the same Rngs as nnx.Conv (its initialiser, its draw).
+    np.testing.assert_array_equal(conv.kernel[...], ref.kernel[...])
+    assert (conv.strides, conv.padding, conv.feature_group_count) == (
+        ref.strides if isinstance(ref.strides, tuple) else (stride, stride), ref.padding, 1)
+  want = jax.jit(lambda x: ref(x))(x)
+  np.testing.assert_array_equal(jax.jit(lambda x: convs["xla"](x))(x), want)
+  got = jax.jit(lambda x: convs["matmul"](x))(x)
+  if k > 1:
+    np.testing.assert_array_equal(got, want)
+  else:
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_impl_auto_is_matmul_on_cpu_only_and_unknown_names_raise():
+  assert layers.conv_impl("auto", "cpu") == "matmul"
+  assert layers.conv_impl("auto", "gpu") == layers.conv_impl("auto", "tpu") == "xla"
+  assert layers.conv_impl("xla", "cpu") == "xla" and layers.conv_impl("matmul", "gpu") == "matmul"
+  with pytest.raises(ValueError, match=r"model.conv='fft': expected one of \('auto'"):
+    layers.conv_impl("fft")
+  with pytest.raises(ValueError, match="model.conv='fft'"):
+    layers.Conv(3, 4, 3, 1, jnp.float32, nnx.Rngs(0), "fft")
+
+
+@pytest.mark.parametrize("backbone", [
+    resnet.BackboneConfig(depth=0, width=4, stage_blocks=(1, 1, 1, 1), bottleneck=True),
+    resnet.BackboneConfig(depth=0, width=4, stage_blocks=(1, 1, 1, 1), bottleneck=False,
+                          last_stride=2),
+    mobilenet.MobileNetV2Config(width_mult=0.25)])
+def test_backbones_have_the_same_parameters_and_outputs_with_either_conv(backbone):
+  """conv="xla" and "matmul" build the same parameters (names, shapes, initial values:
+  checkpoints and conversions serve both) and the same function of them."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  module = {resnet.BackboneConfig: resnet.ResNet, mobilenet.MobileNetV2Config: mobilenet.MobileNetV2}
+  nets = {impl: module[type(backbone)](dataclasses.replace(backbone, conv=impl), rngs=nnx.Rngs(0))
+          for impl in ("xla", "matmul")}
+  flat = {impl: nnx.to_flat_state(nnx.state(net)) for impl, net in nets.items()}
+  assert [p for p, _ in flat["xla"]] == [p for p, _ in flat["matmul"]]
+  for (_, a), (_, b) in zip(flat["xla"], flat["matmul"]):
+    np.testing.assert_array_equal(a.get_value(), b.get_value())
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 32, 3)), jnp.float32)
+  with jax.default_matmul_precision("highest"):
+    out = {impl: nnx.jit(lambda m, x: m(x))(net, x) for impl, net in nets.items()}
+  assert out["xla"].shape[0] == 2 and float(jnp.abs(out["xla"]).max()) > 0
+  np.testing.assert_allclose(out["matmul"], out["xla"], rtol=1e-4,
+                             atol=1e-4 * float(jnp.abs(out["xla"]).max()))
 
 
 def _to_torch_state_dict(model):

@@ -92,7 +92,7 @@ def test_second_run_reuses_every_stage(tiny_run, tmp_path):
     ("--config.foo=1", "error: unknown config field 'foo' (in --config.foo=1): config has "
      "the fields augment, checkpoint,"),
     ("--config.model.depht=34", "error: unknown config field 'model.depht' (in "
-     "--config.model.depht=34): model has the fields backbone, bottleneck, depth, dropout,"),
+     "--config.model.depht=34): model has the fields backbone, bottleneck, conv, depth, dropout,"),
 ])
 def test_unknown_config_field_is_one_line(tmp_path, flag, message):
   proc = _main(tmp_path, flag, returncode=2)

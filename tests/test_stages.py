@@ -31,6 +31,7 @@ def test_training_digest_changes_with_fields_that_shape_training(field, value):
     ("st.num_bins", 10), ("fusion.st_gamma", 1.0), ("rerank.k1", 5), ("eval.batch_size", 16),
     ("eval.budget_elements", 1000), ("checkpoint.every_steps", 7), ("log_every_steps", 9),
     ("data_dir", "/elsewhere"), ("compilation_cache_dir", ""), ("train.epochs", 5),
+    ("model.conv", "xla"), ("model.conv", "matmul"),
 ])
 def test_training_digest_ignores_fields_that_do_not(field, value):
   config = tiny.get_config()
@@ -171,8 +172,10 @@ def test_training_config_errors_are_listed_together():
   config = tiny.get_config()
   config.optimizer.warmup_law, config.optimizer.warmup_factor = "cosine", 1.5
   config.data.pk_epoch = "pass"
+  config.model.conv = "fft"
   with pytest.raises(errors.InputError) as e:
     validation.validate(config, device_count=1)
+  assert "model.conv='fft': expected one of ('auto', 'xla', 'matmul')" in str(e.value)
   assert "data.pk_epoch='pass': expected 'images' or 'identity_pass'" in str(e.value)
   assert "optimizer.warmup_law='cosine': expected one of ('step', 'epoch')" in str(e.value)
   assert "optimizer.warmup_factor=1.5" in str(e.value)

@@ -13,10 +13,11 @@ symmetric as in PyTorch, so ImageNet weights converted from torch files
 160 channels): output stride 16 instead of 32, as ResNet's last-stride option.
 
 The 3x3 depthwise convolutions are computed as nine shifted, per-channel scaled
-copies of the padded input, summed (``DepthwiseConv``), and the 1x1 convolutions as
-matrix products (``PointwiseConv``): the same products and sums as XLA's grouped and
-1x1 convolutions, which XLA:CPU runs 7-9x (depthwise) and 1.2-1.8x (1x1) slower,
-forward and backward. Parameters keep ``nnx.Conv``'s names and layouts.
+copies of the padded input, summed (``DepthwiseConv``): the same products and sums
+as XLA's grouped convolution, which XLA:CPU runs 7-9x slower, forward and backward.
+The other convolutions are ``layers.Conv`` (1x1 ones as matrix products on CPUs:
+``conv``).
+Parameters keep ``nnx.Conv``'s names and layouts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from jreid.models import layers
 
 # (expansion t, channels c, blocks n, stride s) of each stage (torchvision, the paper).
 INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -49,44 +52,16 @@ class MobileNetV2Config:
     width_mult: channel multiplier (1.0 for the ImageNet model; smaller for tests).
     last_stride: stride of the last downsampling stage (2 as torchvision; 1 for ReID).
     dtype: compute dtype (float32 or bfloat16); parameters stay float32.
+    conv: how the dense convolutions are computed, a ``layers.CONV_IMPLS`` name.
   """
   width_mult: float = 1.0
   last_stride: int = 1
   dtype: Any = jnp.float32
+  conv: str = "auto"
 
   @property
   def out_channels(self) -> int:
     return make_divisible(LAST_CHANNELS * max(1.0, self.width_mult))
-
-
-def _conv(cin, cout, k, stride, dtype, rngs):
-  if k == 1 and stride == 1:
-    return PointwiseConv(cin, cout, dtype, rngs)
-  pad = (k - 1) // 2
-  return nnx.Conv(cin, cout, (k, k), (stride, stride), padding=((pad, pad), (pad, pad)),
-                  use_bias=False, dtype=dtype,
-                  kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                  rngs=rngs)
-
-
-class PointwiseConv(nnx.Module):
-  """1x1 convolution without bias as a matrix product over the channels.
-
-  kernel: [1, 1, cin, cout], ``nnx.Conv``'s layout (and ``strides``, ``padding``,
-  ``feature_group_count`` as its attributes), computed as one einsum: XLA:CPU's
-  matrix products run these 1.2-1.8x faster than its convolution, forward and backward.
-  """
-
-  def __init__(self, cin: int, cout: int, dtype, rngs: nnx.Rngs):
-    init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
-    self.kernel = nnx.Param(init(rngs.params(), (1, 1, cin, cout), jnp.float32))
-    self.strides, self.padding, self.feature_group_count = (1, 1), ((0, 0), (0, 0)), 1
-    self.dtype = dtype
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """[B, H, W, cin] -> [B, H, W, cout]."""
-    return jnp.einsum("bhwc,cd->bhwd", x.astype(self.dtype),
-                      self.kernel[...][0, 0].astype(self.dtype))
 
 
 class DepthwiseConv(nnx.Module):
@@ -130,9 +105,9 @@ class ConvBNReLU6(nnx.Module):
   """Convolution (depthwise with ``depthwise``), BatchNorm, ReLU6 (torchvision's
   ``Conv2dNormActivation``)."""
 
-  def __init__(self, cin, cout, k, stride, dtype, rngs, depthwise=False):
+  def __init__(self, cin, cout, k, stride, dtype, rngs, impl, depthwise=False):
     self.conv = (DepthwiseConv(cin, k, stride, dtype, rngs) if depthwise
-                 else _conv(cin, cout, k, stride, dtype, rngs))
+                 else layers.Conv(cin, cout, k, stride, dtype, rngs, impl))
     self.bn = _bn(cout, dtype, rngs)
 
   def __call__(self, x):
@@ -142,12 +117,12 @@ class ConvBNReLU6(nnx.Module):
 class InvertedResidual(nnx.Module):
   """[1x1 expand, BN, ReLU6] (t > 1), 3x3 depthwise, BN, ReLU6, 1x1 project, BN (+ x)."""
 
-  def __init__(self, cin, cout, stride, expand_ratio, dtype, rngs):
+  def __init__(self, cin, cout, stride, expand_ratio, dtype, rngs, impl):
     hidden = int(round(cin * expand_ratio))
-    self.expand = (ConvBNReLU6(cin, hidden, 1, 1, dtype, rngs) if expand_ratio != 1
+    self.expand = (ConvBNReLU6(cin, hidden, 1, 1, dtype, rngs, impl) if expand_ratio != 1
                    else None)
-    self.depthwise = ConvBNReLU6(hidden, hidden, 3, stride, dtype, rngs, depthwise=True)
-    self.project = _conv(hidden, cout, 1, 1, dtype, rngs)
+    self.depthwise = ConvBNReLU6(hidden, hidden, 3, stride, dtype, rngs, impl, depthwise=True)
+    self.project = layers.Conv(hidden, cout, 1, 1, dtype, rngs, impl)
     self.project_bn = _bn(cout, dtype, rngs)
     self.residual = stride == 1 and cin == cout
 
@@ -168,15 +143,16 @@ class MobileNetV2(nnx.Module):
     self.config = config
     dt = config.dtype
     cin = make_divisible(STEM_CHANNELS * config.width_mult)
-    self.features = nnx.List([ConvBNReLU6(3, cin, 3, 2, dt, rngs)])
+    self.features = nnx.List([ConvBNReLU6(3, cin, 3, 2, dt, rngs, config.conv)])
     for stage, (t, c, n, s) in enumerate(INVERTED_RESIDUAL_SETTING):
       cout = make_divisible(c * config.width_mult)
       if stage == LAST_STRIDE_STAGE:
         s = config.last_stride
       for i in range(n):
-        self.features.append(InvertedResidual(cin, cout, s if i == 0 else 1, t, dt, rngs))
+        self.features.append(InvertedResidual(cin, cout, s if i == 0 else 1, t, dt, rngs,
+                                              config.conv))
         cin = cout
-    self.features.append(ConvBNReLU6(cin, config.out_channels, 1, 1, dt, rngs))
+    self.features.append(ConvBNReLU6(cin, config.out_channels, 1, 1, dt, rngs, config.conv))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.astype(self.config.dtype)

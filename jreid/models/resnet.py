@@ -4,7 +4,8 @@ Images are NHWC float; the backbone returns the last feature map [B, h, w, C]
 (C = 512 for ResNet-18/34, 2048 for ResNet-50). Padding is explicit and
 symmetric as in torchvision, so ImageNet weights converted from PyTorch
 (``jreid.models.convert``) give the same activations. Bottleneck blocks put the
-stride on the 3x3 convolution (torchvision's ResNet v1.5).
+stride on the 3x3 convolution (torchvision's ResNet v1.5). Convolutions are
+``layers.Conv`` (1x1 ones as matrix products on CPUs: ``conv``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from jreid.models import layers
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -31,6 +34,8 @@ class BackboneConfig:
     stage_blocks: blocks per stage, overriding the depth's.
     bottleneck: bottleneck blocks (ResNet-50) or basic blocks (18/34).
     dtype: compute dtype (float32 or bfloat16); parameters stay float32.
+    conv: how convolutions are computed, a ``layers.CONV_IMPLS`` name ("auto": 1x1
+      ones as matrix products on CPUs, XLA's convolution elsewhere).
   """
   depth: int = 50
   last_stride: int = 1
@@ -38,6 +43,7 @@ class BackboneConfig:
   stage_blocks: tuple[int, ...] | None = None
   bottleneck: bool | None = None
   dtype: Any = jnp.float32
+  conv: str = "auto"
 
   @property
   def blocks(self) -> tuple[int, ...]:
@@ -52,14 +58,6 @@ class BackboneConfig:
     return self.width * 8 * (4 if self.uses_bottleneck else 1)
 
 
-def _conv(cin, cout, k, stride, dtype, rngs):
-  pad = (k - 1) // 2
-  return nnx.Conv(cin, cout, (k, k), (stride, stride), padding=((pad, pad), (pad, pad)),
-                  use_bias=False, dtype=dtype,
-                  kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                  rngs=rngs)
-
-
 def _bn(c, dtype, rngs, zero=False):
   return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs,
                        scale_init=nnx.initializers.zeros if zero else nnx.initializers.ones)
@@ -68,8 +66,8 @@ def _bn(c, dtype, rngs, zero=False):
 class Downsample(nnx.Module):
   """1x1 convolution + BatchNorm on the shortcut (torchvision's ``downsample``)."""
 
-  def __init__(self, cin, cout, stride, dtype, rngs):
-    self.conv = _conv(cin, cout, 1, stride, dtype, rngs)
+  def __init__(self, cin, cout, stride, dtype, rngs, impl):
+    self.conv = layers.Conv(cin, cout, 1, stride, dtype, rngs, impl)
     self.bn = _bn(cout, dtype, rngs)
 
   def __call__(self, x):
@@ -79,12 +77,12 @@ class Downsample(nnx.Module):
 class BasicBlock(nnx.Module):
   expansion = 1
 
-  def __init__(self, cin, width, stride, dtype, rngs):
-    self.conv1 = _conv(cin, width, 3, stride, dtype, rngs)
+  def __init__(self, cin, width, stride, dtype, rngs, impl):
+    self.conv1 = layers.Conv(cin, width, 3, stride, dtype, rngs, impl)
     self.bn1 = _bn(width, dtype, rngs)
-    self.conv2 = _conv(width, width, 3, 1, dtype, rngs)
+    self.conv2 = layers.Conv(width, width, 3, 1, dtype, rngs, impl)
     self.bn2 = _bn(width, dtype, rngs)
-    self.downsample = (Downsample(cin, width, stride, dtype, rngs)
+    self.downsample = (Downsample(cin, width, stride, dtype, rngs, impl)
                        if stride != 1 or cin != width else None)
 
   def __call__(self, x):
@@ -96,15 +94,15 @@ class BasicBlock(nnx.Module):
 class Bottleneck(nnx.Module):
   expansion = 4
 
-  def __init__(self, cin, width, stride, dtype, rngs):
+  def __init__(self, cin, width, stride, dtype, rngs, impl):
     cout = width * 4
-    self.conv1 = _conv(cin, width, 1, 1, dtype, rngs)
+    self.conv1 = layers.Conv(cin, width, 1, 1, dtype, rngs, impl)
     self.bn1 = _bn(width, dtype, rngs)
-    self.conv2 = _conv(width, width, 3, stride, dtype, rngs)
+    self.conv2 = layers.Conv(width, width, 3, stride, dtype, rngs, impl)
     self.bn2 = _bn(width, dtype, rngs)
-    self.conv3 = _conv(width, cout, 1, 1, dtype, rngs)
+    self.conv3 = layers.Conv(width, cout, 1, 1, dtype, rngs, impl)
     self.bn3 = _bn(cout, dtype, rngs)
-    self.downsample = (Downsample(cin, cout, stride, dtype, rngs)
+    self.downsample = (Downsample(cin, cout, stride, dtype, rngs, impl)
                        if stride != 1 or cin != cout else None)
 
   def __call__(self, x):
@@ -123,7 +121,7 @@ class ResNet(nnx.Module):
   def __init__(self, config: BackboneConfig, *, rngs: nnx.Rngs):
     self.config = config
     dt = config.dtype
-    self.conv1 = _conv(3, config.width, 7, 2, dt, rngs)
+    self.conv1 = layers.Conv(3, config.width, 7, 2, dt, rngs, config.conv)
     self.bn1 = _bn(config.width, dt, rngs)
     block = Bottleneck if config.uses_bottleneck else BasicBlock
     cin = config.width
@@ -133,7 +131,7 @@ class ResNet(nnx.Module):
       stride = 1 if i == 0 else (config.last_stride if i == 3 else 2)
       blocks = nnx.List()
       for j in range(n):
-        blocks.append(block(cin, width, stride if j == 0 else 1, dt, rngs))
+        blocks.append(block(cin, width, stride if j == 0 else 1, dt, rngs, config.conv))
         cin = width * block.expansion
       self.layers.append(blocks)
 

@@ -1,0 +1,78 @@
+"""The convolution of jreid's backbones: XLA's convolution, or a matrix product for 1x1.
+
+``Conv`` is a k x k convolution without bias, stride s, symmetric padding (k - 1) // 2,
+with ``nnx.Conv``'s parameter (``kernel`` [k, k, cin, cout]) and attributes
+(``strides``, ``padding``, ``feature_group_count``), so checkpoints, the ImageNet
+conversion and the ONNX export read it as one. ``impl`` chooses how it is computed:
+
+- "xla": ``lax.conv_general_dilated`` (cuDNN on GPUs, the TPU's convolution units);
+- "matmul": 1x1 convolutions as one matrix product [B h w, cin] x [cin, cout] (of the
+  strided input when s > 1), the others as "xla". XLA:CPU runs these products
+  1.2-1.7x faster than its 1x1 convolutions, forward and backward, while its k x k
+  convolutions beat every matrix-product form of them (``conv_matmul``'s im2col,
+  per-tap products): ``docs/cpu_training.md`` has the measurements;
+- "auto": "matmul" on CPUs, "xla" on every other backend (``conv_impl``).
+
+The two differ only in the order of the floating-point sums.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+CONV_IMPLS = ("auto", "xla", "matmul")
+
+
+def conv_impl(name: str, backend: str | None = None) -> str:
+  """"xla" or "matmul": ``name``, with "auto" resolved for ``backend`` (default: JAX's)."""
+  if name not in CONV_IMPLS:
+    raise ValueError(f"model.conv={name!r}: expected one of {CONV_IMPLS}")
+  if name != "auto":
+    return name
+  return "matmul" if (backend or jax.default_backend()) == "cpu" else "xla"
+
+
+def conv_matmul(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+  """k x k convolution as one matrix product: [B, H, W, cin], [k, k, cin, cout] ->
+  [B, (H + 2 pad - k) // s + 1, (W + 2 pad - k) // s + 1, cout] (no bias).
+
+  For k > 1 the k^2 shifted, strided views of the padded input are laid side by side
+  (im2col, [B, ho, wo, k^2 cin]) and multiplied by the kernel reshaped to
+  [k^2 cin, cout] (what ``benchmarks/conv_kernels.py`` times against XLA's).
+  """
+  k, _, cin, cout = kernel.shape
+  if pad:
+    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  b, h, w, _ = x.shape
+  ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+  taps = [jax.lax.slice(x, (0, dy, dx, 0), (b, dy + (ho - 1) * stride + 1,
+                                            dx + (wo - 1) * stride + 1, cin),
+                        (1, stride, stride, 1))
+          for dy in range(k) for dx in range(k)]
+  patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  return jnp.einsum("bhwc,cd->bhwd", patches, kernel.reshape(k * k * cin, cout))
+
+
+class Conv(nnx.Module):
+  """k x k convolution, stride s, padding (k - 1) // 2, no bias: [B, H, W, cin] ->
+  [B, (H - 1) // s + 1, (W - 1) // s + 1, cout] for odd k (He-normal fan-out init)."""
+
+  def __init__(self, cin: int, cout: int, k: int, stride: int, dtype, rngs: nnx.Rngs,
+               impl: str = "auto"):
+    init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+    self.kernel = nnx.Param(init(rngs.params(), (k, k, cin, cout), jnp.float32))
+    pad = (k - 1) // 2
+    self.strides, self.padding, self.feature_group_count = (stride, stride), ((pad, pad),) * 2, 1
+    conv_impl(impl)  # a known name
+    self.dtype, self.impl = dtype, impl
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x, kernel = x.astype(self.dtype), self.kernel[...].astype(self.dtype)
+    stride, pad = self.strides[0], self.padding[0][0]
+    if kernel.shape[0] == 1 and conv_impl(self.impl) == "matmul":
+      return conv_matmul(x, kernel, stride, pad)
+    return jax.lax.conv_general_dilated(x, kernel, self.strides, self.padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
