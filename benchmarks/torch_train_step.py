@@ -29,6 +29,7 @@ Heads, losses and optimisers are those of ``jreid.models.heads``, ``jreid.losses
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -38,14 +39,12 @@ from torch.nn import functional as F
 
 
 def _torchvision():
-  """torchvision, with its operator schemas defined first (its CUDA build on a CPU torch)."""
-  try:
-    lib = torch.library.Library("torchvision", "FRAGMENT")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _torchvision.lib = lib  # kept alive
-  except Exception:  # pylint: disable=broad-except  (a CPU torchvision defines them itself)
-    pass
+  """torchvision, its operator schemas defined first where its CUDA build meets a CPU
+  torch (``tests/torch_oracle._torch``, the one shim of the torch-venv scripts)."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "tests"))
+  import torch_oracle  # pylint: disable=g-import-not-at-top  (imports no torch itself)
+  torch_oracle._torch()  # pylint: disable=protected-access
   import torchvision  # pylint: disable=g-import-not-at-top
   return torchvision
 

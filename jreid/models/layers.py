@@ -34,23 +34,30 @@ def conv_impl(name: str, backend: str | None = None) -> str:
   return "matmul" if (backend or jax.default_backend()) == "cpu" else "xla"
 
 
+def shifted_taps(x: jax.Array, k: int, stride: int, pad: int) -> list[jax.Array]:
+  """The k^2 shifted, strided views of x zero-padded by ``pad``, in (dy, dx) order:
+  [B, H, W, C] -> k^2 x [B, (H + 2 pad - k) // s + 1, (W + 2 pad - k) // s + 1, C]
+  (what a k x k window at stride s reads, one tap at a time)."""
+  if pad:
+    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  b, h, w, c = x.shape
+  ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+  return [jax.lax.slice(x, (0, dy, dx, 0), (b, dy + (ho - 1) * stride + 1,
+                                            dx + (wo - 1) * stride + 1, c),
+                        (1, stride, stride, 1))
+          for dy in range(k) for dx in range(k)]
+
+
 def conv_matmul(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
   """k x k convolution as one matrix product: [B, H, W, cin], [k, k, cin, cout] ->
   [B, (H + 2 pad - k) // s + 1, (W + 2 pad - k) // s + 1, cout] (no bias).
 
-  For k > 1 the k^2 shifted, strided views of the padded input are laid side by side
-  (im2col, [B, ho, wo, k^2 cin]) and multiplied by the kernel reshaped to
-  [k^2 cin, cout] (what ``benchmarks/conv_kernels.py`` times against XLA's).
+  For k > 1 the k^2 ``shifted_taps`` are laid side by side (im2col,
+  [B, ho, wo, k^2 cin]) and multiplied by the kernel reshaped to [k^2 cin, cout]
+  (what ``benchmarks/conv_kernels.py`` times against XLA's).
   """
   k, _, cin, cout = kernel.shape
-  if pad:
-    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  b, h, w, _ = x.shape
-  ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
-  taps = [jax.lax.slice(x, (0, dy, dx, 0), (b, dy + (ho - 1) * stride + 1,
-                                            dx + (wo - 1) * stride + 1, cin),
-                        (1, stride, stride, 1))
-          for dy in range(k) for dx in range(k)]
+  taps = shifted_taps(x, k, stride, pad)
   patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
   return jnp.einsum("bhwc,cd->bhwd", patches, kernel.reshape(k * k * cin, cout))
 

@@ -81,19 +81,12 @@ class DepthwiseConv(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """[B, H, W, C] -> [B, (H - 1) // s + 1, (W - 1) // s + 1, C] (odd k)."""
-    k, s = self.kernel.shape[0], self.strides[0]
-    (pt, pb), (pl, pr) = self.padding
-    b, h, w, c = x.shape
-    x = jnp.pad(x.astype(self.dtype), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    ho, wo = (h + pt + pb - k) // s + 1, (w + pl + pr - k) // s + 1
+    k, s, pad = self.kernel.shape[0], self.strides[0], self.padding[0][0]
     kernel = self.kernel[...].astype(self.dtype)
     out = None
-    for dy in range(k):
-      for dx in range(k):
-        tap = jax.lax.slice(x, (0, dy, dx, 0), (b, dy + (ho - 1) * s + 1,
-                                                dx + (wo - 1) * s + 1, c), (1, s, s, 1))
-        tap = tap * kernel[dy, dx, 0]
-        out = tap if out is None else out + tap
+    for i, tap in enumerate(layers.shifted_taps(x.astype(self.dtype), k, s, pad)):
+      tap = tap * kernel[i // k, i % k, 0]
+      out = tap if out is None else out + tap
     return out
 
 
