@@ -62,7 +62,7 @@ def run_dense(queries, gallery, dims, ids, kinds=1):
   del kinds
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy_reference  # pylint: disable=g-import-not-at-top
-  from jreid import evaluate, metrics  # pylint: disable=g-import-not-at-top
+  from jreid import metrics, protocol  # pylint: disable=g-import-not-at-top
   q, g = world(queries, gallery, dims, ids)
   rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   start = time.time()
@@ -70,7 +70,7 @@ def run_dense(queries, gallery, dims, ids, kinds=1):
   dist = (2 - 2 * (f @ f.T)).astype(np.float64)
   final = numpy_reference.dense_rerank(dist, len(q))
   seconds = time.time() - start
-  good, junk = evaluate.match_lists(q.person_ids, q.cameras, g.person_ids, g.cameras)
+  good, junk = protocol.match_lists(q.person_ids, q.cameras, g.person_ids, g.cameras)
   ranks = np.asarray(metrics.good_item_ranks(jnp.asarray(-final, jnp.float32), jnp.asarray(good),
                                              jnp.asarray(junk), jnp.asarray(g.person_ids == -1)))
   m = metrics.retrieval_metrics(ranks, 10).summary()

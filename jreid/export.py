@@ -37,6 +37,7 @@ from flax import nnx
 from jreid import augment
 from jreid import features as features_lib
 from jreid import files
+from jreid import scoring
 from jreid.models import heads
 from jreid.models import layers
 from jreid.models import mobilenet
@@ -50,22 +51,12 @@ OUTPUT_NAME = "features"
 # --- The function both forms compute -------------------------------------------------
 
 
-def l2_normalise_parts(features: jax.Array, num_parts: int) -> jax.Array:
-  """[B, P, C] -> [B, P * C]: each part L2-normalised, then the whole vector.
-
-  ``scoring.l2_normalise_features`` in JAX (norms floored at 1e-12, zero stays zero).
-  """
-  f = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
-  f = f.reshape(f.shape[0], num_parts * f.shape[-1])
-  return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
-
-
 def serving_features(model: heads.ReIDModel, images: jax.Array,
                      image_size: Sequence[int]) -> jax.Array:
   """uint8 [B, h, w, 3] crops (RGB, 0..255, at the transfer size) -> float32 [B, P * C]
   normalised features, resized to ``image_size`` inside. The model must be in eval mode."""
   f = features_lib.flip_features(model, images, tuple(image_size))
-  return l2_normalise_parts(f.astype(jnp.float32), f.shape[1])
+  return scoring.l2_normalise_parts(f.astype(jnp.float32), jnp)
 
 
 def check_images(images: Any, input_size: Sequence[int]) -> None:

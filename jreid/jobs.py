@@ -30,7 +30,6 @@ from jreid import errors
 from jreid import feature_files
 from jreid import files
 from jreid import names as names_lib
-from jreid import plots
 from jreid import progress
 from jreid import records as records_lib
 from jreid import scoring
@@ -43,11 +42,12 @@ from jreid import validation
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) every stage; returns the results dict (also in results.json)."""
+  """Runs (or resumes, or reuses) every stage; returns the results (also in results.json)."""
   from jreid.data import market1501  # pylint: disable=g-import-not-at-top  (TensorFlow)
   builder, data_digest = stages.prepare_data(config, workdir)
   mesh = sharding.make_mesh()
-  query, gallery = stages.extract_or_reuse(config, workdir, builder, data_digest, mesh)
+  trained = stages.train(config, workdir, builder, data_digest, mesh)
+  query, gallery = stages.extract(config, workdir, builder, data_digest, trained, mesh)
   # File names for rank_lists.json (features are in split order).
   query, gallery = (dataclasses.replace(r, names=market1501.split_records(builder, s).names)
                     for r, s in ((query, "query"), (gallery, "gallery")))
@@ -55,13 +55,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   num_cameras = max(train.num_cameras, query.num_cameras, gallery.num_cameras)
   st_model = stages.fit_st(train, num_cameras, config, workdir)
   writer = progress.MetricWriter(files.join(workdir, "tensorboard"))
-  stamp = stages.read_stamp(workdir, "extract") or {}
   try:
-    results = stages.evaluate(query, gallery, st_model, config, workdir, writer,
-                              step=int(stamp.get("step", 0)))
+    results, top = stages.evaluate(query, gallery, st_model, config, workdir, writer,
+                                   step=trained.step)
   finally:
     writer.close()
-  stages.pictures(config, builder, query, gallery, st_model, workdir)
+  stages.pictures(config, builder, query, gallery, top, workdir)
   return results
 
 
@@ -77,26 +76,13 @@ def evaluate_features(config: ml_collections.ConfigDict, workdir: str) -> dict:
   names_lib.warn_if_test_split(listing.records, config.train_dir, logging.warning)
   num_cameras = max(listing.records.num_cameras, query.num_cameras, gallery.num_cameras)
   st_model = stages.fit_st(listing.records, num_cameras, config, workdir)
-  return stages.evaluate(query, gallery, st_model, config, workdir)
+  return stages.evaluate(query, gallery, st_model, config, workdir)[0]
 
 
 def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Tracks tables -> ST model (fitted or loaded) -> top-k of every query -> rank_lists.json,
   ranked_lists.png; with labelled query and gallery also results.json (docs/cameras.md)."""
-  t = config.tracks
-  problems = []
-  if bool(config.features) == bool(config.trained_workdir):
-    problems.append("set one of features (a features file) and trained_workdir (extract the "
-                    "tables' images with the model trained there)")
-  if bool(config.st_model) == bool(t.train):
-    problems.append("set one of tracks.train (labelled tracks to fit the ST model) and "
-                    "st_model (a saved st_model.npz)")
-  if not t.query:
-    problems.append("tracks.query is empty: expected the table of the queries (with a split "
-                    "column, its 'query' rows; the 'gallery' rows are the gallery unless "
-                    "tracks.gallery is set)")
-  if problems:
-    raise errors.InputError("search: " + "; ".join(problems))
+  t = config.tracks  # validation.py checked the fields
   fps = tracks.parse_fps(t.fps)
   # The ST model: fitted from the training tracks, or a saved one with camera names.
   if config.st_model:
@@ -119,17 +105,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("ST model: %d identities, %d camera-pair transits, cameras %s, bins of %g s",
                  model.num_identities, model.num_pair_counts, list(model.camera_names),
                  model.bin_seconds)
-    if model.num_out_of_range:
-      logging.warning("ST model: %d (identity, camera pair) transit times exceed %d bins x %g s "
-                      "and were left out; raise config.st.num_bins or st.bin_seconds",
-                      model.num_out_of_range, params.num_bins, model.bin_seconds)
-    if sharding.is_main_process():
-      model.save(files.join(workdir, stages.ST_MODEL_FILE))
-      plots.plot_st_distributions(model.table, params.bin_width,
-                                  files.join(workdir, "st_distributions.png"),
-                                  ticks_per_second=model.ticks_per_second,
-                                  pair_counts=model.pair_counts,
-                                  camera_names=model.camera_names)
+    stages.write_st_model(model, workdir, model.ticks_per_second)
   # Query and gallery rows, on one time base, cameras mapped by name.
   with_images = bool(config.trained_workdir)
   first = tracks.read_table(t.query, fps, check_images=with_images)
@@ -199,8 +175,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       except FileNotFoundError as e:
         logging.warning("search: no ranked_lists.png: %s", e)
   if labelled:
-    summary["results"] = stages.evaluate(query, gallery, model, config, workdir,
-                                         rank_lists=False)
+    summary["results"], _ = stages.evaluate(query, gallery, model, config, workdir,
+                                            rank_lists=False)
   return summary
 
 
@@ -255,10 +231,7 @@ def extract_images(config: ml_collections.ConfigDict, query: records_lib.Records
 def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Features of a tracks table's (or an image folder's) images by a trained workdir's model
   -> ``features.npz`` (the features-file format, image paths as ``*_names``)."""
-  t = config.tracks
-  if not config.trained_workdir or not t.query:
-    raise errors.InputError("extract: set trained_workdir (a trained workdir) and tracks.query "
-                            "(a tracks table, or an image folder)")
+  t = config.tracks  # validation.py checked the fields
   fps = tracks.parse_fps(t.fps)
   sources = {}
   for side, source in (("query", t.query), ("gallery", t.gallery or t.query)):

@@ -24,13 +24,23 @@ class FusionParams:
   st_gamma: float = 5.0
 
 
+def l2_normalise_parts(features, xp=np):
+  """[B, P, C] -> [B, P * C]: each part L2-normalised, then the whole vector (norms floored
+  at 1e-12, so zero stays zero; s = mean over parts of the part cosines).
+
+  ``xp`` is the array module: numpy (``l2_normalise_features``) or ``jax.numpy`` (the
+  exported models); the one formula of both.
+  """
+  f = features / xp.maximum(xp.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+  f = f.reshape(f.shape[0], f.shape[1] * f.shape[2])
+  return f / xp.maximum(xp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+
+
 def l2_normalise_features(features: np.ndarray, num_parts: int = 1,
                           chunk: int = 16384) -> np.ndarray:
-  """Per-part then whole-vector L2 normalisation, as the reference (float32, in chunks).
-
-  With P parts each part of the [N, D] features (D = P * d) is L2-normalised, then
-  the whole vector (so s = mean over parts of the part cosines). Zero vectors stay
-  zero. Works in place on float32 input to keep peak memory at one copy.
+  """Per-part then whole-vector L2 normalisation (``l2_normalise_parts``), as the reference,
+  of float32 [N, D] features (D = P * d), in chunks. Works in place on float32 input,
+  so peak memory stays at one copy and a chunk.
   """
   x = np.asarray(features)
   if x.dtype != np.float32:
@@ -39,10 +49,8 @@ def l2_normalise_features(features: np.ndarray, num_parts: int = 1,
     raise ValueError(f"features must be [N, D] with D divisible by num_parts={num_parts}, "
                      f"got shape {x.shape}")
   for start in range(0, x.shape[0], chunk):
-    block = x[start:start + chunk].reshape(-1, num_parts, x.shape[1] // num_parts)
-    block /= np.maximum(np.linalg.norm(block, axis=-1, keepdims=True), 1e-12)
-    flat = block.reshape(block.shape[0], -1)
-    flat /= np.maximum(np.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
+    block = x[start:start + chunk]
+    block[...] = l2_normalise_parts(block.reshape(-1, num_parts, x.shape[1] // num_parts))
   return x
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from jreid import errors
 from jreid import files
 from jreid import plots
+from jreid import protocol
 from jreid import records as records_lib
 from jreid import scoring
 from jreid import st as st_lib
@@ -29,34 +30,6 @@ from jreid import tracks as tracks_lib
 from jreid.records import Records
 
 RANK_LISTS_FILE = "rank_lists.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchResult:
-  """Top-k of every query (Q queries, k columns, best first).
-
-  Attributes:
-    index: int64 [Q, k] gallery row of each result.
-    visual: float32 [Q, k] cosine similarity.
-    st_probability: float32 [Q, k] ST probability, or None (searched without ST).
-    joint: float32 [Q, k] joint score, or None (searched without ST).
-    ranked_by: "joint" or "visual": the score the lists are sorted by.
-    num_pairs: query x gallery pairs scored.
-    num_beyond_last_bin: pairs of two different cameras known to the ST model whose
-      time difference falls beyond the last bin (ST probability 0 there).
-  """
-  index: np.ndarray
-  visual: np.ndarray
-  st_probability: np.ndarray | None
-  joint: np.ndarray | None
-  ranked_by: str
-  num_pairs: int = 0
-  num_beyond_last_bin: int = 0
-
-  @property
-  def score(self) -> np.ndarray:
-    """[Q, k] the score the lists are ranked by."""
-    return self.joint if self.ranked_by == "joint" else self.visual
 
 
 @functools.partial(jax.jit, static_argnames=("k", "bin_width", "fusion"))
@@ -80,8 +53,8 @@ def _chunk_top_k(query_features, query_cameras, query_times, gallery_features,
   junk = None
   if left_out is not None:
     query_ids, gallery_ids = left_out
-    junk = (gallery_ids[None, :] == records_lib.JUNK_ID) | ((gallery_ids[None, :] == query_ids[:, None])
-                                          & (gallery_cameras[None, :] == query_cameras[:, None]))
+    junk = protocol.is_junk(query_ids[:, None], query_cameras[:, None], gallery_ids[None, :],
+                            gallery_cameras[None, :])
   if table is None:
     top, index = jax.lax.top_k(visual if junk is None else jnp.where(junk, -jnp.inf, visual), k)
     zeros = jnp.zeros_like(top)
@@ -101,7 +74,7 @@ def _chunk_top_k(query_features, query_cameras, query_times, gallery_features,
 def top_k(query: Records, gallery: Records, st_model: st_lib.STModel | None = None,
           fusion: scoring.FusionParams = scoring.FusionParams(), k: int = 10,
           chunk_elements: int = 1 << 22, progress: Callable[[int], Any] | None = None,
-          leave_out_junk: bool = False) -> SearchResult:
+          leave_out_junk: bool = False) -> protocol.TopK:
   """The k best gallery detections of every query (joint score with an ST model, else visual).
 
   Args:
@@ -117,7 +90,7 @@ def top_k(query: Records, gallery: Records, st_model: st_lib.STModel | None = No
       items with id -1, and those of the query's id in the query's camera, never
       appear (then at most G - that many results are real; the rest score -inf).
   Returns:
-    The ``SearchResult``; ties go to the lower gallery index.
+    The ``protocol.TopK``; ties go to the lower gallery index.
   """
   for side, r in (("query", query), ("gallery", gallery)):
     if r.features is None:
@@ -163,47 +136,19 @@ def top_k(query: Records, gallery: Records, st_model: st_lib.STModel | None = No
       progress(stop)
   index, visual, prob, joint = out
   if st_model is None:
-    return SearchResult(index, visual, None, None, "visual", Q * G, 0)
-  return SearchResult(index, visual, prob, joint, "joint", Q * G, beyond)
-
-
-# One program for the lookup (op by op, it compiled every primitive: ~1 s per job).
-_pair_st_probabilities = jax.jit(scoring.pair_st_probabilities, static_argnums=1)
-
-
-def result_of_ranking(index: np.ndarray, visual: np.ndarray, score: np.ndarray,
-                      query: Records, gallery: Records,
-                      st_model: st_lib.STModel | None) -> SearchResult:
-  """The ``SearchResult`` of top items ranked elsewhere (``evaluate.TopItems``: the
-  evaluation's own pass), with each result's ST probability looked up.
-
-  Args:
-    index: int [Q, k] gallery rows; visual: float32 [Q, k] cosine; score: float32
-      [Q, k] the joint score with ``st_model``, else the visual one (-inf: junk).
-  Returns:
-    What ``top_k`` returns for these items: without ``st_model`` the visual field is
-    the ranking score (-inf for junk), as there.
-  """
-  index = np.asarray(index, np.int64)
-  if st_model is None:
-    return SearchResult(index, score, None, None, "visual", len(query) * len(gallery))
-  prob = _pair_st_probabilities(
-      jnp.asarray(st_model.table, jnp.float32), int(st_model.params.bin_width),
-      jnp.asarray(query.cameras[:, None], jnp.int32), jnp.asarray(query.times[:, None], jnp.int32),
-      jnp.asarray(gallery.cameras[index], jnp.int32), jnp.asarray(gallery.times[index], jnp.int32))
-  return SearchResult(index, visual, np.asarray(prob, np.float32), score, "joint",
-                      len(query) * len(gallery))
+    return protocol.TopK(index, visual, None, None, "visual", Q * G, 0)
+  return protocol.TopK(index, visual, prob, joint, "joint", Q * G, beyond)
 
 
 def brute_force_top_k(query: Records, gallery: Records, st_model: st_lib.STModel | None,
-                      fusion: scoring.FusionParams, k: int) -> SearchResult:
+                      fusion: scoring.FusionParams, k: int) -> protocol.TopK:
   """The whole [Q, G] score matrix and a stable numpy argsort: the oracle of ``top_k``
   for tests and the baseline of the benchmark (memory O(Q x G))."""
   visual = np.asarray(scoring.cosine_scores(jnp.asarray(query.features, jnp.float32),
                                             jnp.asarray(gallery.features, jnp.float32)))
   if st_model is None:
     index = np.argsort(-visual, axis=1, kind="stable")[:, :k]
-    return SearchResult(index, np.take_along_axis(visual, index, 1), None, None, "visual")
+    return protocol.TopK(index, np.take_along_axis(visual, index, 1), None, None, "visual")
   prob = np.asarray(scoring.st_probabilities(
       jnp.asarray(st_model.table, jnp.float32), int(st_model.params.bin_width),
       jnp.asarray(query.cameras, jnp.int32), jnp.asarray(query.times, jnp.int32),
@@ -211,7 +156,7 @@ def brute_force_top_k(query: Records, gallery: Records, st_model: st_lib.STModel
   joint = np.asarray(scoring.joint_scores(jnp.asarray(visual), jnp.asarray(prob), fusion))
   index = np.argsort(-joint, axis=1, kind="stable")[:, :k]
   take = lambda x: np.take_along_axis(x, index, 1)
-  return SearchResult(index, take(visual), take(prob), take(joint), "joint")
+  return protocol.TopK(index, take(visual), take(prob), take(joint), "joint")
 
 
 def attach_features(rows: Records, features: np.ndarray, feature_names: np.ndarray | None,
@@ -316,7 +261,7 @@ def _camera_name(names: Sequence[str] | None, camera: int) -> str:
   return f"c{camera + 1}"  # Market/Duke: the 1-based camera of the file names
 
 
-def rank_lists(result: SearchResult, query: Records, gallery: Records,
+def rank_lists(result: protocol.TopK, query: Records, gallery: Records,
                camera_names: Sequence[str] | None = None,
                format_time: Callable[[int], Any] = int, labelled: bool = True) -> dict:
   """The search result as plain data (what ``rank_lists.json`` holds).
@@ -382,13 +327,13 @@ def load_rgb(path: str) -> np.ndarray:
   return np.asarray(Image.open(io.BytesIO(files.read_bytes(path))).convert("RGB"))
 
 
-def matches(result: SearchResult, query: Records, gallery: Records) -> np.ndarray:
+def matches(result: protocol.TopK, query: Records, gallery: Records) -> np.ndarray:
   """bool [Q, k]: the result has the query's identity (ids > 0 only)."""
   ids = query.person_ids[:, None]
   return (ids > 0) & (gallery.person_ids[result.index] == ids)
 
 
-def ranked_list_picture(result: SearchResult, query: Records, gallery: Records, path: str,
+def ranked_list_picture(result: protocol.TopK, query: Records, gallery: Records, path: str,
                         load_image: Callable[[str], np.ndarray],
                         camera_names: Sequence[str] | None = None, num_queries: int = 8,
                         k: int = 10, labelled: bool = True,

@@ -16,6 +16,7 @@ checkpoints, each complete when written, and a cut-short run resumes from the la
   Checkpoints of other settings are never resumed: the job stops and says so,
   unless ``config.overwrite`` is set, which discards them.
 * extract: ``features.npz``; digest of the training digest and ``train.epochs``.
+  When it is current the train stage restores no model (nothing needs one).
 * fit ST: ``st_model.npz``; digest of the ST constants and the training records.
 * evaluate and pictures: always redone (cheap next to the rest); their inputs
   are the products above.
@@ -29,7 +30,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import time
 from typing import Any, Callable
 
@@ -38,12 +38,13 @@ import ml_collections
 import numpy as np
 
 from jreid import errors
-from jreid import evaluate as evaluation
+from jreid import evaluate as evaluate_lib
 from jreid import feature_files
 from jreid import files
 from jreid import metrics
 from jreid import plots
 from jreid import progress
+from jreid import protocol
 from jreid import records as records_lib
 from jreid import rerank as rerank_lib
 from jreid import scoring
@@ -115,7 +116,7 @@ def rerank_params(config: ml_collections.ConfigDict) -> rerank_lib.RerankParams:
 def methods(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The evaluation methods of the config; re-ranking ones only with rerank.enabled."""
   return tuple(m for m in config.eval.methods
-               if config.rerank.enabled or not evaluation.METHODS[m].rerank)
+               if config.rerank.enabled or not evaluate_lib.METHODS[m].rerank)
 
 
 def training_sections(config: ml_collections.ConfigDict) -> dict:
@@ -278,8 +279,23 @@ def transfer_size(config) -> tuple[int, int]:
   return (128, 64)
 
 
-def train(config, workdir: str, builder, data_digest: str, mesh):
-  """Trains (or resumes training of) the visual model; returns ``train.TrainResult``."""
+@dataclasses.dataclass(frozen=True)
+class Trained:
+  """The train stage's product: the step trained to, and the model (graphdef and
+  replicated state of ``train.TrainResult``), None when the features of these settings
+  exist already (the model is not restored: nothing needs it)."""
+  step: int
+  result: Any = None
+
+
+def train(config, workdir: str, builder, data_digest: str, mesh) -> Trained:
+  """Trains (or resumes training of) the visual model, unless ``features.npz`` of these
+  training settings exists (then the extract stage reuses it)."""
+  if is_current(workdir, "extract", features_digest(config, data_digest), FEATURES_FILE):
+    step = int(read_stamp(workdir, "extract").get("step", 0))
+    logging.info("training: %s of these settings exists (step %d); the model is not needed",
+                 files.join(workdir, FEATURES_FILE), step)
+    return Trained(step)
   from jreid import train as train_lib  # pylint: disable=g-import-not-at-top
   from jreid.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
   wanted = training_digest(config, data_digest)
@@ -294,14 +310,28 @@ def train(config, workdir: str, builder, data_digest: str, mesh):
                data.num_shards, data.steps_per_epoch)
   write_stamp(workdir, "train", wanted, num_classes=data.num_classes,
               sections=training_sections(config))
-  return train_lib.train(config, workdir, data.batches, data.num_classes,
-                         data.steps_per_epoch, mesh)
+  result = train_lib.train(config, workdir, data.batches, data.num_classes,
+                           data.steps_per_epoch, mesh)
+  return Trained(int(result.step), result)
 
 
-def extract(config, builder, result, mesh) -> tuple[records_lib.Records, records_lib.Records]:
-  """Normalised query and gallery features of the trained model (one row per image)."""
+def extract(config, workdir: str, builder, data_digest: str, trained: Trained, mesh
+            ) -> tuple[records_lib.Records, records_lib.Records]:
+  """features.npz of the current training settings: reused, or extracted by the trained
+  model; normalised query and gallery features (one row per image, in split order)."""
+  wanted = features_digest(config, data_digest)
+  path = files.join(workdir, FEATURES_FILE)
+  if is_current(workdir, "extract", wanted, FEATURES_FILE):
+    logging.info("features: reusing %s", path)
+    query, gallery, _ = feature_files.load_features(path)  # normalised when written
+    return query, gallery
+  if trained.result is None:
+    raise AssertionError("extract: no trained model and no current features.npz")
+  if files.exists(path):
+    logging.info("features: training settings changed since %s was written", path)
   from jreid import features as features_lib  # pylint: disable=g-import-not-at-top
   from jreid.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
+  result = trained.result
   step = features_lib.make_extract_step(result.graphdef, mesh, tuple(config.data.image_size))
   sets = []
   for split in ("query", "gallery"):
@@ -310,25 +340,10 @@ def extract(config, builder, result, mesh) -> tuple[records_lib.Records, records
     sets.append(features_lib.extract(step, result.state, batches, n,
                                      sharding.data_sharding(mesh), config.model.parts,
                                      name=f"extract {split}"))
-  return sets[0], sets[1]
-
-
-def extract_or_reuse(config, workdir: str, builder, data_digest: str, mesh
-                     ) -> tuple[records_lib.Records, records_lib.Records]:
-  """features.npz of the current training settings: reused, or trained and extracted."""
-  wanted = features_digest(config, data_digest)
-  path = files.join(workdir, FEATURES_FILE)
-  if is_current(workdir, "extract", wanted, FEATURES_FILE):
-    logging.info("features: reusing %s", path)
-    query, gallery, _ = feature_files.load_features(path)  # normalised when written
-    return query, gallery
-  if files.exists(path):
-    logging.info("features: training settings changed since %s was written", path)
-  result = train(config, workdir, builder, data_digest, mesh)
-  query, gallery = extract(config, builder, result, mesh)
+  query, gallery = sets
   if sharding.is_main_process():
     feature_files.save_features(path, query, gallery)
-  write_stamp(workdir, "extract", wanted, step=int(result.step))
+  write_stamp(workdir, "extract", wanted, step=trained.step)
   return query, gallery
 
 
@@ -358,17 +373,26 @@ def fit_st(train: records_lib.Records, num_cameras: int, config, workdir: str
   logging.info("ST model: %d identities, %d camera-pair counts, %d beyond the last bin, "
                "fitted in %.2f s", model.num_identities, model.num_pair_counts,
                model.num_out_of_range, time.time() - start)
-  if model.num_out_of_range:
-    logging.warning("ST model: %d (identity, camera pair) transit times exceed %d bins x %d "
-                    "frames and were left out; raise config.st.num_bins to keep them",
-                    model.num_out_of_range, params.num_bins, params.bin_width)
-  if sharding.is_main_process():
-    model.save(path)
-    plots.plot_st_distributions(model.table, params.bin_width,
-                                files.join(workdir, "st_distributions.png"),
-                                ticks_per_second=config.st.fps, pair_counts=model.pair_counts)
+  write_st_model(model, workdir, config.st.fps)
   write_stamp(workdir, "fit_st", wanted)
   return model
+
+
+def write_st_model(model: st_lib.STModel, workdir: str, ticks_per_second: float) -> None:
+  """Warns of the transits the fit left out, then writes st_model.npz and
+  st_distributions.png (main process). Every job that fits an ST model ends with this."""
+  if model.num_out_of_range:
+    span = (f"{model.bin_seconds:g} s" if model.bin_seconds else
+            f"{model.params.bin_width} ticks")
+    logging.warning("ST model: %d (identity, camera pair) transit times exceed %d bins x %s "
+                    "and were left out; raise config.st.num_bins (or the bin width) to keep "
+                    "them", model.num_out_of_range, model.params.num_bins, span)
+  if sharding.is_main_process():
+    model.save(files.join(workdir, ST_MODEL_FILE))
+    plots.plot_st_distributions(model.table, model.params.bin_width,
+                                files.join(workdir, "st_distributions.png"),
+                                ticks_per_second=ticks_per_second, pair_counts=model.pair_counts,
+                                camera_names=model.camera_names or None)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -383,7 +407,7 @@ def check_evaluation_inputs(query: records_lib.Records, gallery: records_lib.Rec
   is 0 and "st" ranks like "visual"), and when query cameras have no transits in
   the ST model. Returns the counts.
   """
-  good, _ = evaluation.match_lists(query.person_ids, query.cameras, gallery.person_ids,
+  good, _ = protocol.match_lists(query.person_ids, query.cameras, gallery.person_ids,
                                    gallery.cameras)
   with_match = int((good >= 0).any(axis=1).sum()) if len(query) else 0
   if with_match == 0:
@@ -421,16 +445,20 @@ def check_evaluation_inputs(query: records_lib.Records, gallery: records_lib.Rec
 
 def evaluate(query: records_lib.Records, gallery: records_lib.Records, st_model: st_lib.STModel,
              config, workdir: str, writer: progress.MetricWriter | None = None,
-             step: int = 0, rank_lists: bool = True) -> dict:
+             step: int = 0, rank_lists: bool = True
+             ) -> tuple[dict, protocol.TopK | None]:
   """Every method of the config; writes results.json, cmc.json, cmc.png (and TensorBoard),
   and with ``rank_lists`` rank_lists.json: the top ``eval.top_k`` gallery items of every
-  query by joint score from the evaluation's own pass (``evaluate.TopItems``; the
-  protocol's junk left out, as ``search.top_k(leave_out_junk=True)`` ranks)."""
+  query by joint score from the evaluation's own pass, the protocol's junk left out.
+
+  Returns:
+    (the results, the top items or None without ``rank_lists``).
+  """
   chosen = methods(config)
   check_evaluation_inputs(query, gallery, st_model)
   # The rank lists come from the evaluation's own score tiles (every process runs the
   # same kernels; the main one writes).
-  ranks, top = evaluation.method_ranks(
+  ranks, top = evaluate_lib.method_ranks(
       query, gallery, st_model.table, bin_width=st_model.params.bin_width,
       fusion=fusion_params(config), methods=chosen, rerank=rerank_params(config),
       budget_elements=config.eval.budget_elements,
@@ -443,38 +471,36 @@ def evaluate(query: records_lib.Records, gallery: records_lib.Records, st_model:
     files.write_json(files.join(workdir, "cmc.json"), {k: v.tolist() for k, v in curves.items()})
     plots.plot_cmc(curves, files.join(workdir, "cmc.png"))
     if top is not None:
-      result = search_lib.result_of_ranking(top.index, top.visual, top.score, query, gallery,
-                                            st_model)
       search_lib.write_rank_lists(files.join(workdir, search_lib.RANK_LISTS_FILE),
-                                  search_lib.rank_lists(result, query, gallery),
+                                  search_lib.rank_lists(top, query, gallery),
                                   time_unit="frames")
     if writer is not None:
       writer.scalars(step, {f"eval/{kind}/{k}": r[k] for kind, r in results.items()
                             for k in ("rank1", "mAP", "mINP")})
     print(format_table(results))
-  return results
+  return results, top
 
 
 def pictures(config, builder, query: records_lib.Records, gallery: records_lib.Records,
-             st_model: st_lib.STModel, workdir: str) -> None:
-  """ranked_lists.png: the top-10 gallery images (joint score) of a few queries."""
+             top: protocol.TopK, workdir: str) -> str | None:
+  """ranked_lists.png: the top gallery images (at most 10, of the evaluation's top items)
+  of ``eval.ranked_list_queries`` queries spread over the query set (``search.ranked_list_picture``)."""
   from jreid.data import market1501  # pylint: disable=g-import-not-at-top
   n = min(config.eval.ranked_list_queries, len(query))
   if n == 0 or not sharding.is_main_process():
-    return
+    return None
   picks = np.linspace(0, len(query) - 1, n).astype(int)
-  q = query.select(picks)
-  top = search_lib.top_k(q, gallery, st_model, fusion_params(config), 10,
-                         config.eval.budget_elements, leave_out_junk=True).index
-  q_images = market1501.decoded_images(builder, "query", picks)
-  g_images = market1501.decoded_images(builder, "gallery", np.unique(top))
-  plots.plot_ranked_lists(
-      [q_images[i] for i in picks], [[g_images[j] for j in row] for row in top],
-      gallery.person_ids[top] == q.person_ids[:, None], files.join(workdir, "ranked_lists.png"),
-      titles=[f"query id {p}\nc{c + 1}" for p, c in zip(q.person_ids, q.cameras)],
-      ranked_by="joint score (junk and same-camera matches left out)",
-      gallery_labels=[[f"id {gallery.person_ids[j]}\nc{gallery.cameras[j] + 1}" for j in row]
-                      for row in top])
+  shown = np.unique(top.index[picks, :10])
+  images = {("query", i): x for i, x in market1501.decoded_images(builder, "query", picks).items()}
+  images.update({("gallery", i): x
+                 for i, x in market1501.decoded_images(builder, "gallery", shown).items()})
+  # Images by split and row: the picture reads them by name.
+  rows = lambda r, split: dataclasses.replace(
+      r, names=np.asarray([f"{split}/{i}" for i in range(len(r))]))
+  load = lambda name: images[(name.split("/")[0], int(name.split("/")[1]))]
+  return search_lib.ranked_list_picture(top, rows(query, "query"), rows(gallery, "gallery"),
+                                        files.join(workdir, "ranked_lists.png"), load,
+                                        num_queries=n, k=10)
 
 
 def format_table(results: dict) -> str:

@@ -64,6 +64,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> heads.Re
 
 
 WARMUP_LAWS = ("step", "epoch")
+OPTIMIZERS = ("sgd", "adam")
 
 
 def learning_rate(base: float, steps_per_epoch: int, decay_epochs, decay: float,
@@ -114,8 +115,8 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
   torch.optim.SGD/Adam) and follow ``learning_rate`` (warm-up, step decay).
   """
   o = config.optimizer
-  if o.name not in ("sgd", "adam"):
-    raise ValueError(f"optimizer.name must be 'sgd' or 'adam', got {o.name!r}")
+  if o.name not in OPTIMIZERS:
+    raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {o.name!r}")
   def make(lr):
     schedule = optimizer_schedule(o, lr, steps_per_epoch)
     if o.name == "adam":

@@ -14,12 +14,12 @@ import os
 import ml_collections
 
 from jreid import errors
-from jreid import evaluate as evaluation
+from jreid import evaluate as evaluate_lib
+from jreid import names as names_lib
 from jreid import stages
 from jreid.models import heads
 from jreid.models import layers
-
-_DEPTHS = (0, 18, 34, 50)
+from jreid.models import resnet
 
 
 def _number(problems: list[str], field: str, value, low=None, high=None, *, integer=False,
@@ -53,10 +53,10 @@ def _st_and_eval(config: ml_collections.ConfigDict, problems: list[str]) -> None
   for field in ("visual_lambda", "visual_gamma", "st_lambda", "st_gamma"):
     _number(problems, f"fusion.{field}", config.fusion[field], 0)
   e = config.eval
-  unknown = [m for m in e.methods if m not in evaluation.METHODS]
+  unknown = [m for m in e.methods if m not in evaluate_lib.METHODS]
   if unknown or not e.methods:
     problems.append(f"eval.methods={tuple(e.methods)!r}: expected some of "
-                    f"{tuple(evaluation.METHODS)}")
+                    f"{tuple(evaluate_lib.METHODS)}")
   _number(problems, "eval.budget_elements", e.budget_elements, 1, integer=True)
   _number(problems, "eval.max_rank", e.max_rank, 1, integer=True)
   _number(problems, "eval.top_k", e.top_k, 1, integer=True)
@@ -73,10 +73,34 @@ def _features_job(config: ml_collections.ConfigDict, problems: list[str]) -> Non
   if not config.train_dir:
     problems.append("train_dir is empty: expected the folder of training images (e.g. "
                     "Market-1501's bounding_box_train); only the names are read")
-  if config.grammar not in ("", "market", "market_renamed", "duke"):
-    problems.append(f"grammar={config.grammar!r}: expected 'market', 'market_renamed', "
-                    f"'duke' or '' (any)")
+  if config.grammar and config.grammar not in names_lib.GRAMMARS:
+    problems.append(f"grammar={config.grammar!r}: expected one of {names_lib.GRAMMARS} or '' "
+                    f"(any)")
   _number(problems, "num_parts", config.num_parts, 1, integer=True)
+
+
+def _search_job(config: ml_collections.ConfigDict, problems: list[str]) -> None:
+  t = config.tracks
+  if bool(config.features) == bool(config.trained_workdir):
+    problems.append("search: set one of features (a features file) and trained_workdir "
+                    "(extract the tables' images with the model trained there)")
+  if bool(config.st_model) == bool(t.train):
+    problems.append("search: set one of tracks.train (labelled tracks to fit the ST model) "
+                    "and st_model (a saved st_model.npz)")
+  if not t.query:
+    problems.append("search: tracks.query is empty: expected the table of the queries (with "
+                    "a split column, its 'query' rows; the 'gallery' rows are the gallery "
+                    "unless tracks.gallery is set)")
+  _number(problems, "st.bin_seconds", config.st.bin_seconds, 0, low_open=True)
+  _number(problems, "num_parts", config.num_parts, 1, integer=True)
+  _number(problems, "eval.batch_size", config.eval.batch_size, 1, integer=True)
+
+
+def _extract_job(config: ml_collections.ConfigDict, problems: list[str]) -> None:
+  if not config.trained_workdir or not config.tracks.query:
+    problems.append("extract: set trained_workdir (a trained workdir) and tracks.query "
+                    "(a tracks table, or an image folder)")
+  _number(problems, "eval.batch_size", config.eval.batch_size, 1, integer=True)
 
 
 def _training_job(config: ml_collections.ConfigDict, device_count: int, process_count: int,
@@ -126,7 +150,7 @@ def _training_job(config: ml_collections.ConfigDict, device_count: int, process_
     problems.append(f"model.backbone={m.backbone!r}: expected one of {tuple(heads.BACKBONES)}")
   elif m.get("backbone", "resnet") == "mobilenet_v2":
     _number(problems, "model.width_mult", m.get("width_mult", 1.0), 0.05, 4)
-  elif m.depth not in _DEPTHS or (m.depth == 0 and not m.stage_blocks):
+  elif m.depth not in (0, *resnet.STAGE_BLOCKS) or (m.depth == 0 and not m.stage_blocks):
     problems.append(f"model.depth={m.depth!r}: expected 18, 34 or 50 (or 0 with "
                     f"model.stage_blocks)")
   _number(problems, "model.parts", m.parts, 1, integer=True)
@@ -136,8 +160,8 @@ def _training_job(config: ml_collections.ConfigDict, device_count: int, process_
     problems.append(f"model.parts={m.parts!r}: expected 1 with model.head='bnneck'")
   from jreid import train  # pylint: disable=g-import-not-at-top  (optax, orbax: training only)
   o = config.optimizer
-  if o.name not in ("sgd", "adam"):
-    problems.append(f"optimizer.name={o.name!r}: expected 'sgd' or 'adam'")
+  if o.name not in train.OPTIMIZERS:
+    problems.append(f"optimizer.name={o.name!r}: expected one of {train.OPTIMIZERS}")
   if o.get("warmup_law", "step") not in train.WARMUP_LAWS:
     problems.append(f"optimizer.warmup_law={o.warmup_law!r}: expected one of "
                     f"{train.WARMUP_LAWS}")
@@ -172,5 +196,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1,
     _features_job(config, problems)
   if config.job == "train_and_evaluate":
     _training_job(config, device_count, process_count, problems)
+  if config.job == "search":
+    _search_job(config, problems)
+  if config.job == "extract":
+    _extract_job(config, problems)
   if problems:
     raise errors.InputError("config: " + "; ".join(problems))

@@ -178,7 +178,7 @@ def test_top_items_equal_search_top_k(with_st, methods, budget):
                                  budget_elements=budget, top_k=12)
   want = search.top_k(query, gallery, model if with_st else None, scoring.FusionParams(), k=12,
                       leave_out_junk=True)
-  assert got.kind == ("st" if with_st else "visual")
+  assert got.ranked_by == ("joint" if with_st else "visual")
   np.testing.assert_array_equal(got.index, want.index)
   np.testing.assert_array_equal(got.score, want.score)
   np.testing.assert_array_equal(got.visual, want.visual)
@@ -196,13 +196,52 @@ def test_top_items_end_with_junk_when_too_few_are_left():
   assert top.index.tolist() == [[5, 3, 1, 0, 2, 4]]
   np.testing.assert_allclose(top.score[0, :3], [1.0, 0.6, 0.0])
   assert np.isneginf(top.score[0, 3:]).all()
-  # As a search result it is what search.top_k gives (visual -inf for junk there too).
+  # It is what search.top_k gives (visual -inf for junk there too).
   from jreid import search  # pylint: disable=g-import-not-at-top
-  got = search.result_of_ranking(top.index, top.visual, top.score, q, g, None)
   want = search.top_k(q, g, None, scoring.FusionParams(), k=10, leave_out_junk=True)
-  np.testing.assert_array_equal(got.index, want.index)
-  np.testing.assert_array_equal(got.visual, want.visual)
-  assert got.ranked_by == want.ranked_by == "visual"
+  np.testing.assert_array_equal(top.index, want.index)
+  np.testing.assert_array_equal(top.visual, want.visual)
+  assert top.ranked_by == want.ranked_by == "visual"
   with pytest.raises(ValueError, match="top_k"):
     evaluate.method_ranks(q, g, None, bin_width=100, fusion=scoring.FusionParams(),
                           methods=["visual"], top_k=-1)
+
+
+def test_plan_sizes_and_backend_choices():
+  from jreid.evaluation import plan as plan_lib  # pylint: disable=g-import-not-at-top
+  cpu, gpu = plan_lib.make_plan(1000, "cpu"), plan_lib.make_plan(1000, "gpu")
+  assert cpu.gather_step_elements == 1 << 20 and cpu.compiler_options == ()
+  assert gpu.gather_step_elements is None
+  assert dict(gpu.compiler_options) == {"xla_gpu_autotune_level": 0}
+  # Square tiles: sqrt(1000) -> 31 items at most, so 100 items take 4 tiles of 25 -> 32
+  # (a multiple of 8), and the block is 4 tiles.
+  assert cpu.square_tiles(100, 5) == (32, 128)
+  # Pair chunks: 4 x 1000 // 300 = 13 -> 8 rows; the CPU gathers 2^20 // 300 = 3495 rows
+  # a step, more than the chunk, so one step of 8; on GPU the chunk is one gather.
+  assert cpu.pair_chunks(50, 300) == (8, 8) and gpu.pair_chunks(50, 300) == (8, 8)
+  small = plan_lib.Plan(budget_elements=1000, gather_step_elements=600)
+  assert small.pair_chunks(50, 300) == (8, 2)   # 2 rows a step, 4 steps a chunk
+  # Ranks chunks: without re-ranking a big block keeps 128 query rows, with narrower tiles.
+  assert cpu.ranks_chunks(500, 100, rerank=False) == (128, 7)
+  assert cpu.ranks_chunks(500, 100, rerank=True) == (8, 100)
+  assert plan_lib.Plan.term_slots(1) == 1024 and plan_lib.Plan.term_slots(1025) == 2048
+  with pytest.raises(ValueError, match="budget_elements"):
+    plan_lib.make_plan(0, "cpu")
+
+
+def test_the_gpu_plan_gives_the_cpu_plans_ranks_on_a_cpu(monkeypatch):
+  # The GPU plan gathers the pair pass's member features in one step and asks for
+  # autotuning off; the CPU plan, here with steps of one row, gathers row by row: the
+  # same ranks and top items.
+  from jreid.evaluation import plan as plan_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(plan_lib, "CPU_GATHER_STEP_ELEMENTS", 1)
+  assert plan_lib.make_plan(1 << 20, "cpu").pair_chunks(40, 64)[1] == 1
+  query, gallery, table = _dyadic_world()
+  kw = dict(bin_width=10, fusion=scoring.FusionParams(), methods=ALL,
+            rerank=evaluate.RerankParams(6, 3, 0.3), budget_elements=1 << 20, top_k=5)
+  cpu_ranks, cpu_top = evaluate.method_ranks(query, gallery, table, backend="cpu", **kw)
+  gpu_ranks, gpu_top = evaluate.method_ranks(query, gallery, table, backend="gpu", **kw)
+  for m in ALL:
+    np.testing.assert_array_equal(cpu_ranks[m], gpu_ranks[m])
+  np.testing.assert_array_equal(cpu_top.index, gpu_top.index)
+  np.testing.assert_array_equal(cpu_top.joint, gpu_top.joint)

@@ -114,10 +114,20 @@ def test_wrong_input_shape_or_dtype_gives_clear_errors():
     session.run(None, {"images": np.zeros((2, 30, 16, 3), np.uint8)})
 
 
-def test_l2_normalise_parts_matches_scoring():
+def test_l2_normalise_features_by_hand():
+  # Two parts: (3, 4) -> (0.6, 0.8) and (0, 2) -> (0, 1); then the whole vector / sqrt(2).
+  # A zero row stays zero; the input is normalised in place.
+  f = np.array([[3, 4, 0, 2], [0, 0, 0, 0]], np.float32)
+  out = scoring.l2_normalise_features(f, 2)
+  assert out is f
+  np.testing.assert_allclose(out, [[0.6 / 2 ** 0.5, 0.8 / 2 ** 0.5, 0, 1 / 2 ** 0.5],
+                                   [0, 0, 0, 0]], rtol=1e-6)
+
+
+def test_l2_normalise_parts_in_jax_matches_numpy():
   f = np.random.default_rng(2).normal(size=(4, 3, 5)).astype(np.float32)
   f[1] = 0.0  # zero stays zero
-  np.testing.assert_allclose(export.l2_normalise_parts(jnp.asarray(f), 3),
+  np.testing.assert_allclose(scoring.l2_normalise_parts(jnp.asarray(f), jnp),
                              scoring.l2_normalise_features(f.reshape(4, 15).copy(), 3),
                              rtol=1e-6, atol=1e-7)
 

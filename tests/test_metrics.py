@@ -6,12 +6,13 @@ import pytest
 import numpy_reference
 from jreid import evaluate
 from jreid import metrics
+from jreid import protocol
 from jreid import records
 from jreid import scoring
 
 
 def _ranks(scores, qids, qcams, gids, gcams):
-  good, junk = evaluate.match_lists(np.asarray(qids), np.asarray(qcams), np.asarray(gids),
+  good, junk = protocol.match_lists(np.asarray(qids), np.asarray(qcams), np.asarray(gids),
                                     np.asarray(gcams))
   out = metrics.good_item_ranks(jnp.asarray(scores, jnp.float32), jnp.asarray(good),
                                 jnp.asarray(junk), jnp.asarray(np.asarray(gids) == -1))
@@ -106,7 +107,7 @@ def test_blocks_of_columns_add_up():
   Q, G = 9, 40
   scores = jnp.asarray(rng.integers(0, 6, (Q, G)) / 5.0, jnp.float32)  # many exact ties
   gids, gcams = rng.integers(-1, 5, G), rng.integers(0, 3, G)
-  good, junk = evaluate.match_lists(rng.integers(0, 5, Q), rng.integers(0, 3, Q), gids, gcams)
+  good, junk = protocol.match_lists(rng.integers(0, 5, Q), rng.integers(0, 3, Q), gids, gcams)
   whole = jax.jit(metrics.good_item_ranks)(scores, jnp.asarray(good), jnp.asarray(junk),
                                            jnp.asarray(gids == -1))
 

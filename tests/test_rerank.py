@@ -6,7 +6,9 @@ import pytest
 
 import numpy_reference
 from jreid import evaluate
+from jreid.evaluation import plan
 from jreid import metrics
+from jreid import protocol
 from jreid import records
 from jreid import rerank
 from jreid import scoring
@@ -55,7 +57,7 @@ def _world(seed, Q, G, D=8, ids=12):
 
 
 def _ranks_from_distance(final, query, gallery):
-  good, junk = evaluate.match_lists(query.person_ids, query.cameras, gallery.person_ids,
+  good, junk = protocol.match_lists(query.person_ids, query.cameras, gallery.person_ids,
                                     gallery.cameras)
   return np.asarray(metrics.good_item_ranks(jnp.asarray(-final, jnp.float32), jnp.asarray(good),
                                             jnp.asarray(junk),
@@ -143,7 +145,7 @@ def test_neighbour_pass_equals_brute_force(budget):
   times = rng.integers(0, 5, N).astype(np.int32)
   table = rng.uniform(size=(3, 3, 4)).astype(np.float32)
   assert not np.allclose(table, table.transpose(1, 0, 2))
-  tile, block = evaluate.square_tiles(N, k, budget)
+  tile, block = plan.make_plan(budget).square_tiles(N, k)
   assert block % tile == 0 and tile >= k and (budget > 10_000 or block // tile > 2)
   fusion = scoring.FusionParams()
   neighbours, row_max = evaluate.nearest_items(features, cameras, times, table, k=k,

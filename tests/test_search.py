@@ -395,6 +395,20 @@ def test_extract_then_search_from_the_table_equals_the_main_job(tmp_path):
   assert (tmp_path / "search" / "ranked_lists.png").exists()
 
 
+def test_extract_job_settings_are_checked_before_reading(tmp_path):
+  from experiments import extract as extract_config  # pylint: disable=g-import-not-at-top
+  from jreid import errors  # pylint: disable=g-import-not-at-top
+  from jreid import jobs  # pylint: disable=g-import-not-at-top
+  config = extract_config.get_config()
+  config.compilation_cache_dir = ""
+  config.eval.batch_size = 0
+  with pytest.raises(errors.InputError,
+                     match=r"config: extract: set trained_workdir .* and tracks.query .*; "
+                           r"eval.batch_size=0: expected a whole number >= 1"):
+    jobs.run(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
 def test_search_job_settings_are_checked_before_reading(tmp_path):
   from experiments import search as search_config  # pylint: disable=g-import-not-at-top
   from jreid import errors  # pylint: disable=g-import-not-at-top
@@ -402,9 +416,11 @@ def test_search_job_settings_are_checked_before_reading(tmp_path):
   config = search_config.get_config()
   config.compilation_cache_dir = ""
   with pytest.raises(errors.InputError,
-                     match=r"search: set one of features .* and trained_workdir .*; set one of "
-                           r"tracks.train .* and st_model .*; tracks.query is empty"):
+                     match=r"config: search: set one of features .* and trained_workdir .*; "
+                           r"search: set one of tracks.train .* and st_model .*; search: "
+                           r"tracks.query is empty"):
     jobs.run(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()  # validation comes before the workdir is made
   config.features, config.tracks.train = "f.npz", "t.csv"
   config.tracks.query = str(tmp_path / "missing.csv")
   with pytest.raises(errors.InputError, match="tracks table 't.csv' does not exist"):
