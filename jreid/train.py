@@ -116,7 +116,8 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
   """
   o = config.optimizer
   if o.name not in OPTIMIZERS:
-    raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {o.name!r}")
+    raise ValueError(f"optimizer.name must be {' or '.join(map(repr, OPTIMIZERS))}, "
+                     f"got {o.name!r}")
   def make(lr):
     schedule = optimizer_schedule(o, lr, steps_per_epoch)
     if o.name == "adam":
