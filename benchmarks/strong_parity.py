@@ -391,12 +391,13 @@ def jreid_count(args, num_classes: int) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu")
   from experiments import market1501_strong  # pylint: disable=g-import-not-at-top
+  from jreid import stages  # pylint: disable=g-import-not-at-top
   from jreid import train  # pylint: disable=g-import-not-at-top
   from jreid.models import heads  # pylint: disable=g-import-not-at-top
   config = market1501_strong.get_config()
   config.model.depth, config.model.width = 18, args.width
   config.data.image_size = tuple(args.image_size)
-  return heads.count_params(train.build_model(config, num_classes))
+  return heads.count_params(train.build_model(stages.model_config(config), num_classes))
 
 
 def convert_features(raw_path: str, out_path: str) -> dict:

@@ -62,6 +62,7 @@ from experiments import base  # pylint: disable=g-import-not-at-top
 from experiments import market1501_strong  # pylint: disable=g-import-not-at-top
 from jreid import augment  # pylint: disable=g-import-not-at-top
 from jreid import sharding  # pylint: disable=g-import-not-at-top
+from jreid import stages  # pylint: disable=g-import-not-at-top
 from jreid import train  # pylint: disable=g-import-not-at-top
 from jreid.models import heads  # pylint: disable=g-import-not-at-top
 from jreid.models import layers  # pylint: disable=g-import-not-at-top
@@ -144,7 +145,8 @@ class JreidStep:
     mesh = sharding.make_mesh()
     self.devices = jax.device_count()
     self.batch = batch = args.batch * self.devices
-    graphdef, state = train.create_train_state(config, args.classes, steps_per_epoch=100)
+    graphdef, state = train.create_train_state(stages.train_params(config), args.classes,
+                                               steps_per_epoch=100)
     self.params = heads.count_params(nnx.merge(graphdef, state)["model"])
     self.state = jax.device_put(state, sharding.replicated(mesh))
     # The recipe's loss (strong: label smoothing and the triplet term), as training passes it.

@@ -20,7 +20,6 @@ Methods are named in ``METHODS``; adding one is one entry there.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Sequence
 
@@ -29,12 +28,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jreid import errors
 from jreid import metrics
 from jreid import protocol
 from jreid import records as records_lib
 from jreid import rerank as rerank_lib
 from jreid import scoring
 from jreid import sharding
+from jreid import st as st_lib
 from jreid.evaluation import common
 from jreid.evaluation import neighbours as neighbours_lib
 from jreid.evaluation import plan as plan_lib
@@ -46,18 +47,7 @@ RerankParams = rerank_lib.RerankParams
 SCORE_KINDS = common.SCORE_KINDS
 
 
-@dataclasses.dataclass(frozen=True)
-class Method:
-  """One ranking: ``score`` is the score kind ("visual": cosine; "st": cosine fused with
-  the ST prior); ``rerank`` applies k-reciprocal re-ranking to that kind's distance."""
-  score: str
-  rerank: bool = False
-
-  @property
-  def st(self) -> bool:
-    return self.score == "st"
-
-
+Method = common.Method
 METHODS: dict[str, Method] = {
     "visual": Method("visual"),
     "st": Method("st"),
@@ -116,7 +106,7 @@ def _top_k(top: ranks_lib.TopArrays, query: Records, gallery: Records,
   """The ranks pass's top items as ``protocol.TopK`` (what ``search.top_k`` returns for
   them with ``leave_out_junk``: -inf scores for junk, the ranking score as ``visual``
   without an ST table), with each item's ST probability looked up."""
-  score = np.where(top.order == ranks_lib.JUNK_ORDER, -np.inf, -top.order).astype(np.float32)
+  score = np.asarray(protocol.scores_of(top.order), np.float32)
   pairs = len(query) * len(gallery)
   if st_table is None:
     return protocol.TopK(top.index, score, None, None, "visual", pairs)
@@ -208,7 +198,7 @@ def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, 
     first_gallery, num_items, num_terms = 0, G, 1
     rows, tile = plan.ranks_chunks(Q, block, rerank=False)
 
-  specs = tuple(ranks_lib.MethodSpec(METHODS[m].score, METHODS[m].rerank) for m in methods)
+  specs = tuple(METHODS[m] for m in methods)
   kernel = ranks_lib.ranks_kernel(place.mesh, specs, block, tile, first_gallery, G, num_items,
                                   num_terms, float(rerank.lambda_value), int(bin_width), fusion,
                                   top_k, top_kind, rerank_kinds)
@@ -253,3 +243,58 @@ def evaluate(query: Records, gallery: Records, st_table: np.ndarray | None, *,
                           methods=methods, rerank=rerank, budget_elements=budget_elements,
                           mesh=mesh, backend=backend)
   return {m: metrics.retrieval_metrics(r, max_rank) for m, r in ranks.items()}
+
+
+def check_inputs(query: records_lib.Records, gallery: records_lib.Records,
+                 st_model: st_lib.STModel | None, log=logging.warning) -> dict:
+  """Stops when no query can be scored; warns (with counts) where the prior is blind.
+
+  Raises errors.InputError when no query has a true match in the gallery (same id,
+  another camera, id > 0): every metric would be 0. Warns, with their count, of
+  distractor and junk queries (id 0 and -1: never a match, left out of the
+  averages), and of the other queries without a true match. Warns when query/gallery
+  time differences fall beyond the ST table's last bin (there the ST probability
+  is 0 and "st" ranks like "visual"), and when query cameras have no transits in
+  the ST model. Returns the counts.
+  """
+  good, _ = protocol.match_lists(query.person_ids, query.cameras, gallery.person_ids,
+                                   gallery.cameras)
+  with_match = int((good >= 0).any(axis=1).sum()) if len(query) else 0
+  unlabelled = int((query.person_ids <= records_lib.DISTRACTOR_ID).sum())
+  if with_match == 0:
+    raise errors.InputError(
+        f"no query has a true match in the gallery (same id, another camera, id > 0): "
+        f"{len(query)} queries ({unlabelled} of them distractors or junk, id 0 or -1), "
+        f"{len(gallery)} gallery items of which "
+        f"{int((gallery.person_ids == records_lib.JUNK_ID).sum())} junk; every metric would be 0")
+  if unlabelled:
+    log("evaluate: %d of %d queries are distractors or junk (id 0: %d, id -1: %d): they are "
+        "never a match and are left out of the averages", unlabelled, len(query),
+        int((query.person_ids == records_lib.DISTRACTOR_ID).sum()),
+        int((query.person_ids == records_lib.JUNK_ID).sum()))
+  if with_match < len(query) - unlabelled:
+    log("evaluate: %d of %d queries have no true match in the gallery and are left out of "
+        "the averages", len(query) - unlabelled - with_match, len(query))
+  counts = dict(queries_with_match=with_match, distractor_or_junk_queries=unlabelled)
+  if st_model is None:
+    return counts
+  span = st_model.params.num_bins * st_model.params.bin_width
+  g = np.sort(gallery.times)
+  inside = (np.searchsorted(g, query.times + span, side="left")
+            - np.searchsorted(g, query.times - span, side="right")).sum()
+  beyond = len(query) * len(gallery) - int(inside)
+  counts["pairs_beyond_last_bin"] = beyond
+  if beyond:
+    log("evaluate: %d of %d query/gallery pairs (%.2f%%) are further apart in time than the ST "
+        "table's last bin (%d bins x %d): their ST probability is 0%s", beyond,
+        len(query) * len(gallery), 100.0 * beyond / (len(query) * len(gallery)),
+        st_model.params.num_bins, st_model.params.bin_width,
+        " (every pair: 'st' ranks exactly like 'visual')" if inside == 0 else "")
+  seen = st_model.table.sum(axis=(1, 2)) + st_model.table.sum(axis=(0, 2)) > 0
+  unseen = (query.cameras >= len(seen)) | ~seen[np.minimum(query.cameras, len(seen) - 1)]
+  counts["queries_from_unseen_cameras"] = int(unseen.sum())
+  if unseen.any():
+    log("evaluate: %d queries come from cameras %s that the ST model has no transits for "
+        "(ST probability 0 for all their pairs)", int(unseen.sum()),
+        sorted(set((query.cameras[unseen] + 1).tolist())))
+  return counts

@@ -67,7 +67,8 @@ def read_bytes(p: PathLike) -> bytes:
 
 
 def write_json(p: PathLike, obj: Any) -> None:
-  write_bytes(p, json.dumps(obj, indent=2).encode())
+  """Standard JSON only: a NaN or infinity raises ValueError (strict parsers reject them)."""
+  write_bytes(p, json.dumps(obj, indent=2, allow_nan=False).encode())
 
 
 def read_json(p: PathLike) -> Any:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import jax
@@ -31,12 +31,14 @@ from jreid import feature_files
 from jreid import files
 from jreid import names as names_lib
 from jreid import progress
+from jreid import protocol
 from jreid import records as records_lib
 from jreid import scoring
 from jreid import search as search_lib
 from jreid import sharding
 from jreid import st as st_lib
 from jreid import stages
+from jreid import stamps
 from jreid import tracks
 from jreid import validation
 
@@ -82,9 +84,35 @@ def evaluate_features(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Tracks tables -> ST model (fitted or loaded) -> top-k of every query -> rank_lists.json,
   ranked_lists.png; with labelled query and gallery also results.json (docs/cameras.md)."""
-  t = config.tracks  # validation.py checked the fields
-  fps = tracks.parse_fps(t.fps)
-  # The ST model: fitted from the training tracks, or a saved one with camera names.
+  model = search_st_model(config, workdir)
+  sides = search_sides(config, model)
+  query, gallery = search_features(config, sides)
+  top = search_top_k(config, query, gallery, model)
+  summary = write_search(config, workdir, sides, query, gallery, top, model)
+  if sides.labelled:
+    summary["results"], _ = stages.evaluate(query, gallery, model, config, workdir,
+                                            rank_lists=False)
+  return summary
+
+
+class SearchSides(NamedTuple):
+  """The query and gallery of a search: their table rows and records (on one time base,
+  cameras mapped by name), the camera names and the time base."""
+  query_rows: tracks.Table
+  gallery_rows: tracks.Table
+  query: records_lib.Records
+  gallery: records_lib.Records
+  names: tuple[str, ...]
+  base: tracks.TimeBase
+
+  @property
+  def labelled(self) -> bool:
+    return self.query_rows.labelled and self.gallery_rows.labelled
+
+
+def search_st_model(config: ml_collections.ConfigDict, workdir: str) -> st_lib.STModel:
+  """The search's ST model: a saved one with camera names (``config.st_model``), or fitted
+  from the labelled training tracks and written to the workdir."""
   if config.st_model:
     model = st_lib.STModel.load(config.st_model)
     if not model.camera_names or model.ticks_per_second != tracks.TICKS_PER_SECOND:
@@ -92,21 +120,30 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                               f"names, times not in milliseconds); fit one with tracks.train")
     logging.info("ST model: %s, cameras %s, bins of %g s", config.st_model,
                  list(model.camera_names), model.bin_seconds)
-  else:
-    params = st_lib.STParams(bin_width=tracks.bin_width_ticks(config.st.bin_seconds),
-                             num_bins=config.st.num_bins, sigma=config.st.sigma,
-                             truncate=config.st.truncate, eps=config.st.eps)
-    fitted = search_lib.fit_st_from_table(
-        tracks.read_table(t.train, fps, check_images=False, require_labels=True), params)
-    model = fitted.model
-    if fitted.num_junk or fitted.num_distractors:
-      logging.warning("ST model: left out %d junk (id -1) and %d distractor (id 0) training "
-                      "rows of %s", fitted.num_junk, fitted.num_distractors, t.train)
-    logging.info("ST model: %d identities, %d camera-pair transits, cameras %s, bins of %g s",
-                 model.num_identities, model.num_pair_counts, list(model.camera_names),
-                 model.bin_seconds)
-    stages.write_st_model(model, workdir, model.ticks_per_second)
-  # Query and gallery rows, on one time base, cameras mapped by name.
+    return model
+  t = config.tracks  # validation.py checked the fields
+  params = st_lib.STParams(bin_width=tracks.bin_width_ticks(config.st.bin_seconds),
+                           num_bins=config.st.num_bins, sigma=config.st.sigma,
+                           truncate=config.st.truncate, eps=config.st.eps)
+  fitted = search_lib.fit_st_from_table(
+      tracks.read_table(t.train, tracks.parse_fps(t.fps), check_images=False,
+                        require_labels=True), params)
+  model = fitted.model
+  if fitted.num_junk or fitted.num_distractors:
+    logging.warning("ST model: left out %d junk (id -1) and %d distractor (id 0) training "
+                    "rows of %s", fitted.num_junk, fitted.num_distractors, t.train)
+  logging.info("ST model: %d identities, %d camera-pair transits, cameras %s, bins of %g s",
+               model.num_identities, model.num_pair_counts, list(model.camera_names),
+               model.bin_seconds)
+  stages.write_st_model(model, workdir, model.ticks_per_second)
+  return model
+
+
+def search_sides(config: ml_collections.ConfigDict, model: st_lib.STModel) -> SearchSides:
+  """The query and gallery rows of the tables (one table with a split column, or two),
+  on one time base, with the ST model's cameras first; warns of cameras it never saw."""
+  t = config.tracks
+  fps = tracks.parse_fps(t.fps)
   with_images = bool(config.trained_workdir)
   first = tracks.read_table(t.query, fps, check_images=with_images)
   if t.gallery:
@@ -129,54 +166,71 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       "(%s): their ST probability is 0 for every pair, so only their visual "
                       "score ranks them", sum(unseen.values()), side,
                       ", ".join(f"{k}: {v}" for k, v in unseen.items()))
-  # Features: from a features file (matched to the rows by image name or order) or extracted.
-  if config.features:
-    q_file, g_file, extras = feature_files.load_features(config.features)
-    parts = config.num_parts
-    query = search_lib.attach_features(
-        query, scoring.l2_normalise_features(q_file.features, parts),
-        extras.get("query_names"), f"{config.features} (query_f)",
-        q_file.person_ids if q_rows.labelled else None)
-    gallery = search_lib.attach_features(
-        gallery, scoring.l2_normalise_features(g_file.features, parts),
-        extras.get("gallery_names"), f"{config.features} (gallery_f)",
-        g_file.person_ids if g_rows.labelled else None)
-  else:
-    query, gallery = extract_images(config, query, gallery)
-  fusion = stages.fusion_params(config)
+  return SearchSides(q_rows, g_rows, query, gallery, names, base)
+
+
+def search_features(config: ml_collections.ConfigDict, sides: SearchSides
+                    ) -> tuple[records_lib.Records, records_lib.Records]:
+  """The sides' records with normalised features: from a features file (matched to the
+  rows by image name or order), or extracted by a trained workdir's model."""
+  if not config.features:
+    return extract_images(config, sides.query, sides.gallery)
+  q_file, g_file, extras = feature_files.load_features(config.features)
+  parts = config.num_parts
+  query = search_lib.attach_features(
+      sides.query, scoring.l2_normalise_features(q_file.features, parts),
+      extras.get("query_names"), f"{config.features} (query_f)",
+      q_file.person_ids if sides.query_rows.labelled else None)
+  gallery = search_lib.attach_features(
+      sides.gallery, scoring.l2_normalise_features(g_file.features, parts),
+      extras.get("gallery_names"), f"{config.features} (gallery_f)",
+      g_file.person_ids if sides.gallery_rows.labelled else None)
+  return query, gallery
+
+
+def search_top_k(config: ml_collections.ConfigDict, query: records_lib.Records,
+                 gallery: records_lib.Records, model: st_lib.STModel) -> protocol.TopK:
+  """Every query's ``eval.top_k`` gallery items by joint score, with progress; warns of
+  the pairs beyond the ST table's last bin."""
   meter = progress.Progress("search", len(query), unit="queries")
-  result = search_lib.top_k(query, gallery, model, fusion, config.eval.top_k,
-                            config.eval.budget_elements, progress=meter.update)
+  top = search_lib.top_k(query, gallery, model, stages.fusion_params(config), config.eval.top_k,
+                         config.eval.budget_elements, progress=meter.update)
   meter.finish()
-  if result.num_beyond_last_bin:
+  if top.num_beyond_last_bin:
     logging.warning("search: %d of %d query/gallery pairs of two cameras (%.2f%%) are further "
                     "apart in time than the ST table's last bin (%d bins x %g s): their ST "
-                    "probability is 0", result.num_beyond_last_bin, result.num_pairs,
-                    100.0 * result.num_beyond_last_bin / result.num_pairs,
+                    "probability is 0", top.num_beyond_last_bin, top.num_pairs,
+                    100.0 * top.num_beyond_last_bin / top.num_pairs,
                     model.params.num_bins, model.bin_seconds)
-  labelled = q_rows.labelled and g_rows.labelled
-  summary = dict(queries=len(query), gallery=len(gallery), k=int(result.index.shape[1]),
-                 ranked_by=result.ranked_by, pairs_beyond_last_bin=result.num_beyond_last_bin)
-  if labelled:
-    summary["true_match_first"] = float(search_lib.matches(result, query, gallery)[:, 0].mean())
-  if sharding.is_main_process():
-    lists = search_lib.rank_lists(result, query, gallery, names, base.format, labelled)
-    path = search_lib.write_rank_lists(
-        files.join(workdir, search_lib.RANK_LISTS_FILE), lists, camera_names=list(names),
-        time=dict(base.to_dict(), unit="ISO-8601 (UTC)" if base.form == "iso" else "seconds"),
-        st_model=dict(bin_seconds=model.bin_seconds, num_bins=model.params.num_bins),
-        summary=summary)
-    logging.info("search: wrote %s (top-%d of %d queries)", path, summary["k"], len(query))
-    if q_rows.images is not None and g_rows.images is not None:
-      try:
-        search_lib.ranked_list_picture(
-            result, query, gallery, files.join(workdir, "ranked_lists.png"), search_lib.load_rgb,
-            names, config.eval.ranked_list_queries, 10, labelled, base.format)
-      except FileNotFoundError as e:
-        logging.warning("search: no ranked_lists.png: %s", e)
-  if labelled:
-    summary["results"], _ = stages.evaluate(query, gallery, model, config, workdir,
-                                            rank_lists=False)
+  return top
+
+
+def write_search(config: ml_collections.ConfigDict, workdir: str, sides: SearchSides,
+                 query: records_lib.Records, gallery: records_lib.Records,
+                 top: protocol.TopK, model: st_lib.STModel) -> dict:
+  """rank_lists.json and (with image paths) ranked_lists.png (main process); returns
+  the summary (with labels: how often the true match comes first)."""
+  summary = dict(queries=len(query), gallery=len(gallery), k=int(top.index.shape[1]),
+                 ranked_by=top.ranked_by, pairs_beyond_last_bin=top.num_beyond_last_bin)
+  if sides.labelled:
+    summary["true_match_first"] = float(search_lib.matches(top, query, gallery)[:, 0].mean())
+  if not sharding.is_main_process():
+    return summary
+  names, base = sides.names, sides.base
+  lists = search_lib.rank_lists(top, query, gallery, names, base.format, sides.labelled)
+  path = search_lib.write_rank_lists(
+      files.join(workdir, search_lib.RANK_LISTS_FILE), lists, camera_names=list(names),
+      time=dict(base.to_dict(), unit="ISO-8601 (UTC)" if base.form == "iso" else "seconds"),
+      st_model=dict(bin_seconds=model.bin_seconds, num_bins=model.params.num_bins),
+      summary=summary)
+  logging.info("search: wrote %s (top-%d of %d queries)", path, summary["k"], len(query))
+  if sides.query_rows.images is not None and sides.gallery_rows.images is not None:
+    try:
+      search_lib.ranked_list_picture(
+          top, query, gallery, files.join(workdir, "ranked_lists.png"), search_lib.load_rgb,
+          names, config.eval.ranked_list_queries, 10, sides.labelled, base.format)
+    except FileNotFoundError as e:
+      logging.warning("search: no ranked_lists.png: %s", e)
   return summary
 
 
@@ -186,24 +240,23 @@ def restore_trained(trained_dir: str, mesh) -> tuple[ml_collections.ConfigDict, 
   Returns (the training config sections, graphdef, replicated state, checkpoint step).
   """
   from jreid import train as train_lib  # pylint: disable=g-import-not-at-top
-  stamp = stages.read_stamp(trained_dir, "train")
+  stamp = stamps.read(trained_dir, "train")
   if not stamp or "sections" not in stamp:
     raise errors.InputError(f"{trained_dir}: no stages/train.json; expected the workdir of a "
                             f"jreid training run (the main job)")
-  trained = ml_collections.ConfigDict(stamp["sections"])
-  trained.checkpoint = ml_collections.ConfigDict(dict(keep=1 << 20, every_steps=1 << 30))
-  mngr = train_lib.checkpoint_manager(trained_dir, trained)
-  step = mngr.latest_step()
-  if step is None:
-    raise errors.InputError(f"{trained_dir}: no checkpoint; expected a trained workdir")
   if "num_classes" not in stamp:
     raise errors.InputError(f"{trained_dir}: stages/train.json lacks num_classes (written by "
                             f"an older jreid): train again in a new workdir")
-  trained.model.imagenet = ""  # the checkpoint holds the weights: no ImageNet file read
-  graphdef, state = train_lib.create_train_state(trained, int(stamp["num_classes"]),
-                                                 steps_per_epoch=1)
-  state, step = train_lib.restore_or_init(mngr, state, mesh)
-  return trained, graphdef, state, step
+  trained = ml_collections.ConfigDict(stamp["sections"])
+  # The optimiser's state has the same shapes for any schedule length: stamps without
+  # steps_per_epoch restore with one.
+  try:
+    result = train_lib.restore_trained(trained_dir, stages.train_params(trained),
+                                       int(stamp["num_classes"]),
+                                       int(stamp.get("steps_per_epoch", 1)), mesh)
+  except FileNotFoundError as e:
+    raise errors.InputError(str(e)) from None
+  return trained, result.graphdef, result.state, result.step
 
 
 def extract_images(config: ml_collections.ConfigDict, query: records_lib.Records,

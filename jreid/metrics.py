@@ -152,6 +152,7 @@ class RetrievalMetrics:
 
   Attributes:
     cmc: float64 [max_rank] CMC curve, cmc[k-1] = CMC@k.
+    ranks_1_5_10: CMC@1, @5 and @10 (computed whatever max_rank is).
     mAP: mean official (trapezoid) AP. mAP_plain: mean non-interpolated AP.
     mINP: mean inverse negative penalty (n_good / (rank of the last good + 1)).
     num_queries: all queries; num_valid_queries: those averaged.
@@ -162,10 +163,12 @@ class RetrievalMetrics:
   mINP: float
   num_queries: int
   num_valid_queries: int
+  ranks_1_5_10: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
   def summary(self) -> dict:
-    at = lambda k: float(self.cmc[min(k, len(self.cmc)) - 1]) if len(self.cmc) else 0.0
-    return dict(rank1=at(1), rank5=at(5), rank10=at(10), mAP=self.mAP,
+    """rank-1/5/10 (whatever the stored curve's length), mAP, mINP and the query counts."""
+    rank1, rank5, rank10 = self.ranks_1_5_10
+    return dict(rank1=rank1, rank5=rank5, rank10=rank10, mAP=self.mAP,
                 mAP_plain=self.mAP_plain, mINP=self.mINP, num_queries=self.num_queries,
                 num_valid_queries=self.num_valid_queries)
 
@@ -205,7 +208,18 @@ def retrieval_metrics(ranks: np.ndarray, max_rank: int) -> RetrievalMetrics:
   inp = n_good / np.maximum(last + 1.0, 1.0)
   n_valid = int(has_good.sum())
   mean = lambda x: float(x[has_good].mean()) if n_valid else 0.0
+  at = lambda k: mean(first < k)
   return RetrievalMetrics(
       cmc=cmc_rows.mean(axis=0) if n_valid else np.zeros(max_rank),
       mAP=mean(ap), mAP_plain=mean(ap_plain), mINP=mean(inp),
-      num_queries=len(ranks), num_valid_queries=n_valid)
+      num_queries=len(ranks), num_valid_queries=n_valid,
+      ranks_1_5_10=(at(1), at(5), at(10)))
+
+
+def format_table(results: dict) -> str:
+  """A short text table of rank-1/5/10, mAP and mINP (percent) per method."""
+  lines = [f"{'method':<14}{'rank-1':>8}{'rank-5':>8}{'rank-10':>8}{'mAP':>8}{'mINP':>8}"]
+  for kind, r in results.items():
+    lines.append(f"{kind:<14}" + "".join(f"{100 * r[k]:>8.2f}"
+                                         for k in ("rank1", "rank5", "rank10", "mAP", "mINP")))
+  return "\n".join(lines)

@@ -31,6 +31,7 @@ import numpy as np
 
 from jreid import errors
 from jreid import files
+from jreid import records as records_lib
 from jreid.records import Records
 
 # Maximum frame index of each (camera, sequence) of Market-1501, as the reference uses.
@@ -234,8 +235,8 @@ def warn_if_test_split(records: Records, where: str, log) -> None:
   A real training split has neither; a test split (Market's bounding_box_test) has
   both. They are left out of training and of the ST fit; the warning gives counts.
   """
-  junk = int((records.person_ids < 0).sum())
-  distractors = int((records.person_ids == 0).sum())
+  junk = int((records.person_ids == records_lib.JUNK_ID).sum())
+  distractors = int((records.person_ids == records_lib.DISTRACTOR_ID).sum())
   if junk or distractors:
     log("%s holds %d junk (id -1) and %d distractor (id 0) images of %d: they are left out "
         "of training and of the ST fit. A training split has none; this looks like a test "

@@ -124,7 +124,11 @@ def pair_bin_values(binned: jax.Array, bin_width: int, query_cameras: jax.Array,
 
 
 def logistic(x: jax.Array, lam: float, gamma: float) -> jax.Array:
-  """f(x; lambda, gamma) = 1 / (1 + lambda * exp(-gamma * x))."""
+  """f(x; lambda, gamma) = 1 / (1 + lambda * exp(-gamma * x)), finite for every lambda >= 0
+  and gamma >= 0: lambda 0 gives exactly 1 (where exp(-gamma x) overflows to inf,
+  0 * inf would be NaN), and where lambda * exp(-gamma x) overflows the value is 0."""
+  if isinstance(lam, (int, float)) and lam == 0:
+    return jnp.ones_like(x, dtype=jnp.result_type(x, jnp.float32))
   return 1.0 / (1.0 + lam * jnp.exp(-gamma * x))
 
 

@@ -12,6 +12,7 @@ as ``rank_lists.json`` and ``ranked_list_picture`` draws a few queries' lists
 from __future__ import annotations
 
 import dataclasses
+import math
 import functools
 from typing import Any, Callable, Sequence
 
@@ -56,13 +57,15 @@ def _chunk_top_k(query_features, query_cameras, query_times, gallery_features,
     junk = protocol.is_junk(query_ids[:, None], query_cameras[:, None], gallery_ids[None, :],
                             gallery_cameras[None, :])
   if table is None:
-    top, index = jax.lax.top_k(visual if junk is None else jnp.where(junk, -jnp.inf, visual), k)
+    order, index = protocol.best_items(visual, junk, k)
+    top = protocol.scores_of(order)
     zeros = jnp.zeros_like(top)
     return index, top, zeros, zeros, jnp.zeros(visual.shape[0], jnp.int32)
   prob = scoring.st_probabilities(table, bin_width, query_cameras, query_times,
                                   gallery_cameras, gallery_times)
   joint = scoring.joint_scores(visual, prob, fusion)
-  top, index = jax.lax.top_k(joint if junk is None else jnp.where(junk, -jnp.inf, joint), k)
+  order, index = protocol.best_items(joint, junk, k)
+  top = protocol.scores_of(order)
   take = lambda x: jnp.take_along_axis(x, index, axis=1)
   C, _, H = table.shape
   qc, gc = query_cameras[:, None], gallery_cameras[None, :]
@@ -138,25 +141,6 @@ def top_k(query: Records, gallery: Records, st_model: st_lib.STModel | None = No
   if st_model is None:
     return protocol.TopK(index, visual, None, None, "visual", Q * G, 0)
   return protocol.TopK(index, visual, prob, joint, "joint", Q * G, beyond)
-
-
-def brute_force_top_k(query: Records, gallery: Records, st_model: st_lib.STModel | None,
-                      fusion: scoring.FusionParams, k: int) -> protocol.TopK:
-  """The whole [Q, G] score matrix and a stable numpy argsort: the oracle of ``top_k``
-  for tests and the baseline of the benchmark (memory O(Q x G))."""
-  visual = np.asarray(scoring.cosine_scores(jnp.asarray(query.features, jnp.float32),
-                                            jnp.asarray(gallery.features, jnp.float32)))
-  if st_model is None:
-    index = np.argsort(-visual, axis=1, kind="stable")[:, :k]
-    return protocol.TopK(index, np.take_along_axis(visual, index, 1), None, None, "visual")
-  prob = np.asarray(scoring.st_probabilities(
-      jnp.asarray(st_model.table, jnp.float32), int(st_model.params.bin_width),
-      jnp.asarray(query.cameras, jnp.int32), jnp.asarray(query.times, jnp.int32),
-      jnp.asarray(gallery.cameras, jnp.int32), jnp.asarray(gallery.times, jnp.int32)))
-  joint = np.asarray(scoring.joint_scores(jnp.asarray(visual), jnp.asarray(prob), fusion))
-  index = np.argsort(-joint, axis=1, kind="stable")[:, :k]
-  take = lambda x: np.take_along_axis(x, index, 1)
-  return protocol.TopK(index, take(visual), take(prob), take(joint), "joint")
 
 
 def attach_features(rows: Records, features: np.ndarray, feature_names: np.ndarray | None,
@@ -276,7 +260,9 @@ def rank_lists(result: protocol.TopK, query: Records, gallery: Records,
   Returns:
     {"ranked_by", "k", "num_queries", "queries": [{"image", "camera", "time",
     ["person_id"], "results": [{"rank", "image", "camera", "time", "visual",
-    "st_probability", "joint", ["person_id", "match"]}]}]}.
+    "st_probability", "joint", ["person_id", "match"]}]}]}. Items the protocol left
+    out (junk, ranked with score -inf after every real item) are not listed, so a
+    query can have fewer than k results.
   """
   # Plain Python values first (indexing numpy arrays item by item is what would take the
   # time at Market scale), for the gallery items that appear only.
@@ -300,10 +286,13 @@ def rank_lists(result: protocol.TopK, query: Records, gallery: Records,
   visual = result.visual.tolist()
   prob = no_values if result.st_probability is None else result.st_probability.tolist()
   joint = no_values if result.joint is None else result.joint.tolist()
+  ranking = visual if result.joint is None else joint
   queries = []
   for q, row in enumerate(index.tolist()):
     results = []
     for rank, g in enumerate(row):
+      if ranking[q][rank] == -math.inf:
+        break  # the rest are items left out
       item = dict(rank=rank + 1, **gallery_items[g], visual=visual[q][rank],
                   st_probability=prob[q][rank], joint=joint[q][rank])
       if labelled:

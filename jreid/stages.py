@@ -1,12 +1,13 @@
-"""The workdir-cached stages of a job, with one reuse rule.
+"""The workdir-cached stages of a job, and the translation of configs into typed
+parameters.
 
 prepare data -> train -> extract -> fit ST -> evaluate -> pictures. Each stage
-writes its products to the workdir and a stamp ``<workdir>/stages/<stage>.json``
-holding the digest of the inputs that shape them (``digest``). A product is
-reused only when its stamp's digest equals the digest of the inputs now. Every
-stamp but training's is written after its product, so a stage cut short is redone;
-the train stamp is written before training starts, because its products are the
-checkpoints, each complete when written, and a cut-short run resumes from the latest.
+writes its products to the workdir and reuses them by the one rule of
+``jreid.stamps``: a product is reused only when its stage's stamp holds the digest
+of the inputs now. Every stamp but training's is written after its products, so a
+stage cut short is redone; the train stamp is written before training starts,
+because its products are the checkpoints, each complete when written, and a
+cut-short run resumes from the latest.
 
 * data: the synthetic world (digest of its parameters) and the TFDS dataset (a
   digest of the manual source's names, sizes and times, kept beside it).
@@ -21,19 +22,21 @@ checkpoints, each complete when written, and a cut-short run resumes from the la
 * evaluate and pictures: always redone (cheap next to the rest); their inputs
   are the products above.
 
-This module and ``jreid.jobs`` are the only ones that read configs.
+This module, ``jreid.jobs`` and ``jreid.validation`` are the only ones that read
+configs: the library below them takes typed parameters (``st_params``,
+``train_params``, ``model_config``, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
 from typing import Any, Callable
 
 from absl import logging
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -51,49 +54,16 @@ from jreid import scoring
 from jreid import search as search_lib
 from jreid import sharding
 from jreid import st as st_lib
+from jreid import stamps
+from jreid.models import heads
+from jreid.models import mobilenet
+from jreid.models import resnet
 
 RESULTS_FILE = "results.json"
 ST_MODEL_FILE = "st_model.npz"
 FEATURES_FILE = "features.npz"
-STAMPS_DIR = "stages"
 # Sections of a training config that shape the trained model and its features.
 TRAINING_SECTIONS = ("data", "model", "optimizer", "augment", "loss", "train")
-
-
-# ----------------------------------------------------------------------------- reuse rule
-
-def digest(inputs: Any) -> str:
-  """A stable digest of JSON-able inputs (numpy arrays are hashed by their bytes)."""
-  def encode(x):
-    if isinstance(x, np.ndarray):
-      return hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest() + str(x.dtype)
-    if isinstance(x, ml_collections.ConfigDict):
-      return x.to_dict()
-    return str(x)
-  return hashlib.sha1(json.dumps(inputs, sort_keys=True, default=encode).encode()).hexdigest()
-
-
-def _stamp_path(workdir: str, stage: str) -> str:
-  return files.join(workdir, STAMPS_DIR, f"{stage}.json")
-
-
-def read_stamp(workdir: str, stage: str) -> dict | None:
-  path = _stamp_path(workdir, stage)
-  return files.read_json(path) if files.exists(path) else None
-
-
-def is_current(workdir: str, stage: str, wanted: str, *products: str) -> bool:
-  """True when every product exists and the stage's stamp has the digest ``wanted``."""
-  stamp = read_stamp(workdir, stage)
-  return (stamp is not None and stamp.get("digest") == wanted
-          and all(files.exists(files.join(workdir, p)) for p in products))
-
-
-def write_stamp(workdir: str, stage: str, wanted: str, **info) -> None:
-  """Records that the stage's products now come from inputs with digest ``wanted``."""
-  if sharding.is_main_process():
-    files.write_json(_stamp_path(workdir, stage),
-                     dict(digest=wanted, written=time.strftime("%Y-%m-%d %H:%M:%S"), **info))
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -113,6 +83,56 @@ def rerank_params(config: ml_collections.ConfigDict) -> rerank_lib.RerankParams:
   return rerank_lib.RerankParams(k1=r.k1, k2=r.k2, lambda_value=r.lambda_value)
 
 
+def model_config(config: ml_collections.ConfigDict) -> heads.ModelConfig:
+  """config.model as the network's typed config (the backbone by ``BACKBONE_CONFIGS``)."""
+  m = config.model
+  name = m.get("backbone", "resnet")
+  if name not in BACKBONE_CONFIGS:
+    raise ValueError(f"model.backbone={name!r}: expected one of {tuple(BACKBONE_CONFIGS)}")
+  dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
+  return heads.ModelConfig(backbone=BACKBONE_CONFIGS[name](m, dtype), head=m.head,
+                           parts=m.parts, bottleneck=m.bottleneck, dropout=m.dropout)
+
+
+# Backbones by config.model.backbone (the keys of heads.BACKBONES): (config.model,
+# compute dtype) -> the backbone's typed config.
+BACKBONE_CONFIGS: dict[str, Callable[[Any, Any], Any]] = {
+    "resnet": lambda m, dtype: resnet.BackboneConfig(
+        depth=m.depth, last_stride=m.last_stride, width=m.width,
+        stage_blocks=tuple(m.stage_blocks) if m.stage_blocks else None, dtype=dtype,
+        conv=m.get("conv", "auto")),
+    "mobilenet_v2": lambda m, dtype: mobilenet.MobileNetV2Config(
+        width_mult=m.get("width_mult", 1.0), last_stride=m.last_stride, dtype=dtype,
+        conv=m.get("conv", "auto")),
+}
+
+
+def train_params(config: ml_collections.ConfigDict):
+  """The config's training sections as ``train.TrainParams`` (also a trained workdir's
+  stamped sections, which have no ``checkpoint`` or ``log_every_steps``)."""
+  from jreid import augment  # pylint: disable=g-import-not-at-top
+  from jreid import train as train_lib  # pylint: disable=g-import-not-at-top
+  o, a, t = config.optimizer, config.augment, config.train
+  optimizer = train_lib.OptimizerParams(
+      name=o.name, lr=o.lr, head_lr_multiplier=o.head_lr_multiplier, momentum=o.momentum,
+      nesterov=o.nesterov, weight_decay=o.weight_decay, decay_epochs=tuple(o.decay_epochs),
+      decay=o.decay, warmup_epochs=o.warmup_epochs, warmup_law=o.get("warmup_law", "step"),
+      warmup_factor=o.get("warmup_factor", 0.01), adam_b1=o.adam_b1, adam_b2=o.adam_b2,
+      adam_eps=o.adam_eps)
+  checkpoint = (train_lib.CheckpointParams(every_steps=config.checkpoint.every_steps,
+                                           keep=config.checkpoint.keep)
+                if "checkpoint" in config else train_lib.CheckpointParams())
+  return train_lib.TrainParams(
+      model=model_config(config), imagenet=config.model.get("imagenet", ""),
+      optimizer=optimizer, epochs=t.epochs, batch_size=t.batch_size, seed=t.seed,
+      image_size=tuple(config.data.image_size),
+      augment=augment.AugmentParams(flip=a.flip, erase_probability=a.erase_probability,
+                                    erase_area=tuple(a.erase_area),
+                                    erase_min_aspect=a.erase_min_aspect),
+      crop_pad=a.get("pad", 0), loss=config.loss.to_dict(), checkpoint=checkpoint,
+      log_every_steps=config.get("log_every_steps", 50))
+
+
 def methods(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The evaluation methods of the config; re-ranking ones only with rerank.enabled."""
   return tuple(m for m in config.eval.methods
@@ -122,10 +142,7 @@ def methods(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def training_sections(config: ml_collections.ConfigDict) -> dict:
   """The config's training sections as JSON values (what the train stamp records).
 
-  P x K configs also carry ``data.pk_order``: the order became the strong baseline's
-  identity passes (``pipeline.identity_pass``), so checkpoints of jreid's earlier
-  P x K order (stamps without it) are other training, and the stale-workdir error
-  names ``data.pk_order``. ``model.backbone`` and ``width_mult`` are recorded only
+  ``model.backbone`` and ``width_mult`` are recorded only
   for a backbone other than ResNet, ``model.conv`` never (it orders the sums, as the
   device does, and trains the same model), ``data.pk_epoch`` only as "identity_pass"
   with the "pk" sampler, ``optimizer.warmup_law`` and ``warmup_factor`` only with
@@ -134,8 +151,6 @@ def training_sections(config: ml_collections.ConfigDict) -> dict:
   sections = json.loads(json.dumps({k: config[k].to_dict() for k in TRAINING_SECTIONS
                                     if k in config}, default=str))
   data = sections.get("data", {})
-  if data.get("sampler") == "pk":
-    data["pk_order"] = "identity_pass"
   if data.get("sampler") != "pk" or data.get("pk_epoch", "images") == "images":
     data.pop("pk_epoch", None)
   model = sections.get("model", {})
@@ -156,12 +171,12 @@ def training_digest(config: ml_collections.ConfigDict, data_digest: str) -> str:
   """Digest of what shapes the checkpoints: the training sections but train.epochs."""
   sections = training_sections(config)
   sections["train"] = {k: v for k, v in sections.get("train", {}).items() if k != "epochs"}
-  return digest(dict(sections=sections, data=data_digest))
+  return stamps.digest_of("train", dict(sections=sections, data=data_digest))
 
 
 def features_digest(config: ml_collections.ConfigDict, data_digest: str) -> str:
-  return digest(dict(training=training_digest(config, data_digest),
-                     epochs=config.train.epochs))
+  return stamps.digest_of("extract", dict(training=training_digest(config, data_digest),
+                                          epochs=config.train.epochs))
 
 
 # ----------------------------------------------------------------------------- data
@@ -172,15 +187,15 @@ def _synthetic_source(config, workdir: str) -> tuple[str, str]:
   params = synthetic.WorldParams(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
                                     for k, v in config.data.synthetic.to_dict().items()})
   out = config.manual_dir or files.join(workdir, "synthetic_world")
-  wanted = digest(dataclasses.asdict(params))
-  if sharding.is_main_process() and not is_current(workdir, "synthetic_world", wanted):
+  wanted = stamps.digest_of("synthetic_world", dataclasses.asdict(params))
+  if sharding.is_main_process() and not stamps.is_current(workdir, "synthetic_world", wanted):
     if files.exists(files.join(out, synthetic.ROOT_NAME)):
       raise errors.InputError(
           f"{out!r} holds a synthetic world that this workdir has no record of (other "
           f"parameters, or an older jreid): use a new workdir, or delete that folder")
     start = time.time()
     synthetic.generate(out, params)
-    write_stamp(workdir, "synthetic_world", wanted, params=dataclasses.asdict(params))
+    stamps.write(workdir, "synthetic_world", wanted, params=dataclasses.asdict(params))
     logging.info("synthetic world written to %s in %.1f s", out, time.time() - start)
   return out, wanted
 
@@ -226,9 +241,8 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str):
 # ----------------------------------------------------------------------------- train
 
 def _discard_training(workdir: str) -> None:
-  for name in ("checkpoints", FEATURES_FILE, files.join(STAMPS_DIR, "train.json"),
-               files.join(STAMPS_DIR, "extract.json")):
-    path = files.join(workdir, name)
+  for path in (files.join(workdir, "checkpoints"), files.join(workdir, FEATURES_FILE),
+               stamps.path(workdir, "train"), stamps.path(workdir, "extract")):
     if files.exists(path):
       if files.isdir(path):
         files.path(path).rmtree()
@@ -242,7 +256,7 @@ def check_training_products(config, workdir: str, wanted: str) -> None:
   With ``config.overwrite`` they are discarded instead.
   """
   checkpoints = files.join(workdir, "checkpoints")
-  stamp = read_stamp(workdir, "train")
+  stamp = stamps.read(workdir, "train")
   stale = files.exists(checkpoints) and files.listdir(checkpoints) and (
       stamp is None or stamp.get("digest") != wanted)
   if not stale:
@@ -255,7 +269,10 @@ def check_training_products(config, workdir: str, wanted: str) -> None:
     sharding.sync("jreid: old training discarded")
     return
   changed = ""
-  if stamp is not None and "sections" in stamp:
+  if stamp is not None and stamps.stamp_version(stamp) != stamps.version("train"):
+    changed = (f" (by version {stamps.stamp_version(stamp)} of the train stage; this jreid's "
+               f"is {stamps.version('train')})")
+  elif stamp is not None and "sections" in stamp:
     now = training_sections(config)
     diffs = [f"{s}.{k}" for s in sorted(set(now) | set(stamp["sections"]))
              for k in sorted(set(now.get(s, {})) | set(stamp["sections"].get(s, {})))
@@ -291,8 +308,8 @@ class Trained:
 def train(config, workdir: str, builder, data_digest: str, mesh) -> Trained:
   """Trains (or resumes training of) the visual model, unless ``features.npz`` of these
   training settings exists (then the extract stage reuses it)."""
-  if is_current(workdir, "extract", features_digest(config, data_digest), FEATURES_FILE):
-    step = int(read_stamp(workdir, "extract").get("step", 0))
+  if stamps.is_current(workdir, "extract", features_digest(config, data_digest), FEATURES_FILE):
+    step = int(stamps.read(workdir, "extract").get("step", 0))
     logging.info("training: %s of these settings exists (step %d); the model is not needed",
                  files.join(workdir, FEATURES_FILE), step)
     return Trained(step)
@@ -308,9 +325,14 @@ def train(config, workdir: str, builder, data_digest: str, mesh) -> Trained:
   logging.info("train split: %d identities, %d images in this process (shards %s of %d), "
                "%d steps per epoch", data.num_classes, data.num_images, data.shards,
                data.num_shards, data.steps_per_epoch)
-  write_stamp(workdir, "train", wanted, num_classes=data.num_classes,
-              sections=training_sections(config))
-  result = train_lib.train(config, workdir, data.batches, data.num_classes,
+  if train_lib.total_steps(config.train.epochs, data.steps_per_epoch) < 1:
+    raise errors.InputError(
+        f"train.epochs={config.train.epochs!r}: at {data.steps_per_epoch} steps per epoch "
+        f"that is {train_lib.total_steps(config.train.epochs, data.steps_per_epoch)} steps; "
+        f"expected at least one (train.epochs >= {1 / data.steps_per_epoch:.3g})")
+  stamps.write(workdir, "train", wanted, num_classes=data.num_classes,
+               steps_per_epoch=data.steps_per_epoch, sections=training_sections(config))
+  result = train_lib.train(train_params(config), workdir, data.batches, data.num_classes,
                            data.steps_per_epoch, mesh)
   return Trained(int(result.step), result)
 
@@ -321,7 +343,7 @@ def extract(config, workdir: str, builder, data_digest: str, trained: Trained, m
   model; normalised query and gallery features (one row per image, in split order)."""
   wanted = features_digest(config, data_digest)
   path = files.join(workdir, FEATURES_FILE)
-  if is_current(workdir, "extract", wanted, FEATURES_FILE):
+  if stamps.is_current(workdir, "extract", wanted, FEATURES_FILE):
     logging.info("features: reusing %s", path)
     query, gallery, _ = feature_files.load_features(path)  # normalised when written
     return query, gallery
@@ -343,7 +365,7 @@ def extract(config, workdir: str, builder, data_digest: str, trained: Trained, m
   query, gallery = sets
   if sharding.is_main_process():
     feature_files.save_features(path, query, gallery)
-  write_stamp(workdir, "extract", wanted, step=trained.step)
+  stamps.write(workdir, "extract", wanted, step=trained.step)
   return query, gallery
 
 
@@ -358,14 +380,15 @@ def fit_st(train: records_lib.Records, num_cameras: int, config, workdir: str
   labelled = train.person_ids > 0
   if not labelled.all():
     logging.warning("ST model: left out %d junk (id -1) and %d distractor (id 0) training "
-                    "images", int((train.person_ids < 0).sum()),
+                    "images", int((train.person_ids == records_lib.JUNK_ID).sum()),
                     int((train.person_ids == records_lib.DISTRACTOR_ID).sum()))
     train = train.select(labelled)
   params = st_params(config)
-  wanted = digest(dict(params=dataclasses.asdict(params), num_cameras=num_cameras,
-                       ids=train.person_ids, cameras=train.cameras, times=train.times))
+  wanted = stamps.digest_of("fit_st", dict(
+      params=dataclasses.asdict(params), num_cameras=num_cameras, ids=train.person_ids,
+      cameras=train.cameras, times=train.times))
   path = files.join(workdir, ST_MODEL_FILE)
-  if is_current(workdir, "fit_st", wanted, ST_MODEL_FILE):
+  if stamps.is_current(workdir, "fit_st", wanted, ST_MODEL_FILE):
     logging.info("ST model: reusing %s", path)
     return st_lib.STModel.load(path)
   start = time.time()
@@ -374,7 +397,7 @@ def fit_st(train: records_lib.Records, num_cameras: int, config, workdir: str
                "fitted in %.2f s", model.num_identities, model.num_pair_counts,
                model.num_out_of_range, time.time() - start)
   write_st_model(model, workdir, config.st.fps)
-  write_stamp(workdir, "fit_st", wanted)
+  stamps.write(workdir, "fit_st", wanted)
   return model
 
 
@@ -382,8 +405,9 @@ def write_st_model(model: st_lib.STModel, workdir: str, ticks_per_second: float)
   """Warns of the transits the fit left out, then writes st_model.npz and
   st_distributions.png (main process). Every job that fits an ST model ends with this."""
   if model.num_out_of_range:
-    span = (f"{model.bin_seconds:g} s" if model.bin_seconds else
-            f"{model.params.bin_width} ticks")
+    width = model.params.bin_width
+    span = (f"{width / ticks_per_second:g} s ({width} ticks)" if ticks_per_second else
+            f"{width} ticks")
     logging.warning("ST model: %d (identity, camera pair) transit times exceed %d bins x %s "
                     "and were left out; raise config.st.num_bins (or the bin width) to keep "
                     "them", model.num_out_of_range, model.params.num_bins, span)
@@ -397,52 +421,6 @@ def write_st_model(model: st_lib.STModel, workdir: str, ticks_per_second: float)
 
 # ----------------------------------------------------------------------------- evaluate
 
-def check_evaluation_inputs(query: records_lib.Records, gallery: records_lib.Records,
-                            st_model: st_lib.STModel | None, log=logging.warning) -> dict:
-  """Stops when no query can be scored; warns (with counts) where the prior is blind.
-
-  Raises errors.InputError when no query has a true match in the gallery (same id,
-  another camera, id not -1): every metric would be 0. Warns when query/gallery
-  time differences fall beyond the ST table's last bin (there the ST probability
-  is 0 and "st" ranks like "visual"), and when query cameras have no transits in
-  the ST model. Returns the counts.
-  """
-  good, _ = protocol.match_lists(query.person_ids, query.cameras, gallery.person_ids,
-                                   gallery.cameras)
-  with_match = int((good >= 0).any(axis=1).sum()) if len(query) else 0
-  if with_match == 0:
-    raise errors.InputError(
-        f"no query has a true match in the gallery (same id, another camera, id not -1): "
-        f"{len(query)} queries, {len(gallery)} gallery items of which "
-        f"{int((gallery.person_ids == records_lib.JUNK_ID).sum())} junk; every metric would be 0")
-  if with_match < len(query):
-    log("evaluate: %d of %d queries have no true match in the gallery and are left out of "
-        "the averages", len(query) - with_match, len(query))
-  counts = dict(queries_with_match=with_match)
-  if st_model is None:
-    return counts
-  span = st_model.params.num_bins * st_model.params.bin_width
-  g = np.sort(gallery.times)
-  inside = (np.searchsorted(g, query.times + span, side="left")
-            - np.searchsorted(g, query.times - span, side="right")).sum()
-  beyond = len(query) * len(gallery) - int(inside)
-  counts["pairs_beyond_last_bin"] = beyond
-  if beyond:
-    log("evaluate: %d of %d query/gallery pairs (%.2f%%) are further apart in time than the ST "
-        "table's last bin (%d bins x %d): their ST probability is 0%s", beyond,
-        len(query) * len(gallery), 100.0 * beyond / (len(query) * len(gallery)),
-        st_model.params.num_bins, st_model.params.bin_width,
-        " (every pair: 'st' ranks exactly like 'visual')" if inside == 0 else "")
-  seen = st_model.table.sum(axis=(1, 2)) + st_model.table.sum(axis=(0, 2)) > 0
-  unseen = (query.cameras >= len(seen)) | ~seen[np.minimum(query.cameras, len(seen) - 1)]
-  counts["queries_from_unseen_cameras"] = int(unseen.sum())
-  if unseen.any():
-    log("evaluate: %d queries come from cameras %s that the ST model has no transits for "
-        "(ST probability 0 for all their pairs)", int(unseen.sum()),
-        sorted(set((query.cameras[unseen] + 1).tolist())))
-  return counts
-
-
 def evaluate(query: records_lib.Records, gallery: records_lib.Records, st_model: st_lib.STModel,
              config, workdir: str, writer: progress.MetricWriter | None = None,
              step: int = 0, rank_lists: bool = True
@@ -455,7 +433,7 @@ def evaluate(query: records_lib.Records, gallery: records_lib.Records, st_model:
     (the results, the top items or None without ``rank_lists``).
   """
   chosen = methods(config)
-  check_evaluation_inputs(query, gallery, st_model)
+  evaluate_lib.check_inputs(query, gallery, st_model)
   # The rank lists come from the evaluation's own score tiles (every process runs the
   # same kernels; the main one writes).
   ranks, top = evaluate_lib.method_ranks(
@@ -477,7 +455,7 @@ def evaluate(query: records_lib.Records, gallery: records_lib.Records, st_model:
     if writer is not None:
       writer.scalars(step, {f"eval/{kind}/{k}": r[k] for kind, r in results.items()
                             for k in ("rank1", "mAP", "mINP")})
-    print(format_table(results))
+    print(metrics.format_table(results))
   return results, top
 
 
@@ -491,25 +469,15 @@ def pictures(config, builder, query: records_lib.Records, gallery: records_lib.R
     return None
   picks = np.linspace(0, len(query) - 1, n).astype(int)
   shown = np.unique(top.index[picks, :10])
-  images = {("query", i): x for i, x in market1501.decoded_images(builder, "query", picks).items()}
-  images.update({("gallery", i): x
+  # The picture reads images by name: each row is named "<split>/<row>".
+  images = {f"query/{i}": x for i, x in market1501.decoded_images(builder, "query", picks).items()}
+  images.update({f"gallery/{i}": x
                  for i, x in market1501.decoded_images(builder, "gallery", shown).items()})
-  # Images by split and row: the picture reads them by name.
   rows = lambda r, split: dataclasses.replace(
       r, names=np.asarray([f"{split}/{i}" for i in range(len(r))]))
-  load = lambda name: images[(name.split("/")[0], int(name.split("/")[1]))]
   return search_lib.ranked_list_picture(top, rows(query, "query"), rows(gallery, "gallery"),
-                                        files.join(workdir, "ranked_lists.png"), load,
+                                        files.join(workdir, "ranked_lists.png"), images.__getitem__,
                                         num_queries=n, k=10)
-
-
-def format_table(results: dict) -> str:
-  """A short text table of rank-1/5/10, mAP and mINP (percent) per method."""
-  lines = [f"{'method':<14}{'rank-1':>8}{'rank-5':>8}{'rank-10':>8}{'mAP':>8}{'mINP':>8}"]
-  for kind, r in results.items():
-    lines.append(f"{kind:<14}" + "".join(f"{100 * r[k]:>8.2f}"
-                                         for k in ("rank1", "rank5", "rank10", "mAP", "mINP")))
-  return "\n".join(lines)
 
 
 def load_features_file(path: str, num_parts: int

@@ -7,7 +7,8 @@ step is a pure function of (state, batch, step): dropout keys are folded from
 the step number and the input pipeline is deterministic, so a run resumed from a
 checkpoint reproduces the uninterrupted one.
 
-Only this module knows about optimisers and checkpoints.
+Only this module knows about optimisers and checkpoints. It takes typed parameters
+(``TrainParams``), which the jobs make from a config (``jreid.stages.train_params``).
 """
 
 from __future__ import annotations
@@ -20,47 +21,90 @@ from typing import Any, Callable, Iterator
 from absl import logging
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
 from jreid import augment
+from jreid import files
 from jreid import losses
 from jreid import progress
 from jreid import sharding
 from jreid.models import convert
 from jreid.models import heads
-from jreid.models import mobilenet
-from jreid.models import resnet
 
 
-def model_config(config: ml_collections.ConfigDict) -> heads.ModelConfig:
-  m = config.model
-  dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
-  name = m.get("backbone", "resnet")
-  if name not in heads.BACKBONES:
-    raise ValueError(f"model.backbone={name!r}: expected one of {tuple(heads.BACKBONES)}")
-  if name == "mobilenet_v2":
-    backbone = mobilenet.MobileNetV2Config(width_mult=m.get("width_mult", 1.0),
-                                           last_stride=m.last_stride, dtype=dtype,
-                                           conv=m.get("conv", "auto"))
-  else:
-    backbone = resnet.BackboneConfig(
-        depth=m.depth, last_stride=m.last_stride, width=m.width,
-        stage_blocks=tuple(m.stage_blocks) if m.stage_blocks else None, dtype=dtype,
-        conv=m.get("conv", "auto"))
-  return heads.ModelConfig(backbone=backbone, head=m.head, parts=m.parts,
-                           bottleneck=m.bottleneck, dropout=m.dropout)
+@dataclasses.dataclass(frozen=True)
+class OptimizerParams:
+  """The optimiser and its learning-rate schedule (``make_optimizer``, ``learning_rate``).
+
+  name: "sgd" (momentum, optionally Nesterov) or "adam"; lr: the backbone's learning
+  rate, the heads' is lr x head_lr_multiplier; weight_decay: coupled L2 (added to the
+  gradient, as torch.optim); decay_epochs, decay: x decay at each of these epochs;
+  warmup_epochs, warmup_law, warmup_factor: ``learning_rate``'s warm-up.
+  """
+  name: str = "sgd"
+  lr: float = 0.01
+  head_lr_multiplier: float = 10.0
+  momentum: float = 0.9
+  nesterov: bool = True
+  weight_decay: float = 5e-4
+  decay_epochs: tuple[float, ...] = (40,)
+  decay: float = 0.1
+  warmup_epochs: float = 0.0
+  warmup_law: str = "step"
+  warmup_factor: float = 0.01
+  adam_b1: float = 0.9
+  adam_b2: float = 0.999
+  adam_eps: float = 1e-8
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> heads.ReIDModel:
-  """The ReID model, from scratch or with an ImageNet backbone (config.model.imagenet)."""
-  model = heads.ReIDModel(model_config(config), num_classes, rngs=nnx.Rngs(config.train.seed))
-  if config.model.imagenet:
-    ignored = convert.load_imagenet_backbone(model, config.model.imagenet)
-    logging.info("backbone initialised from %s (ignored: %s)", config.model.imagenet, ignored)
-  return model
+@dataclasses.dataclass(frozen=True)
+class CheckpointParams:
+  """A checkpoint every ``every_steps`` steps (and at the end, or on preemption); the
+  latest ``keep`` are kept."""
+  every_steps: int = 500
+  keep: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+  """Everything ``train`` needs, as typed values (the jobs translate configs into these).
+
+  Attributes:
+    model: the network; imagenet: an ImageNet backbone file to start from ("": none).
+    optimizer: the optimiser and schedule.
+    epochs: length of the run (fractional epochs allowed; at least one step).
+    batch_size: the global batch, over every device of every process.
+    seed: initialisation, dropout and augmentation draws.
+    image_size: (height, width) of the model's input (the batches are resized to it).
+    augment, crop_pad: the on-device augmentation (``make_train_step``).
+    loss: keyword arguments of ``losses.reid_loss``.
+    checkpoint: how often checkpoints are written, and how many kept.
+    log_every_steps: steps between progress lines and TensorBoard scalars.
+  """
+  model: heads.ModelConfig = heads.ModelConfig()
+  imagenet: str = ""
+  optimizer: OptimizerParams = OptimizerParams()
+  epochs: float = 60.0
+  batch_size: int = 32
+  seed: int = 0
+  image_size: tuple[int, int] = (384, 192)
+  augment: augment.AugmentParams = augment.AugmentParams()
+  crop_pad: int = 0
+  loss: dict = dataclasses.field(default_factory=dict)
+  checkpoint: CheckpointParams = CheckpointParams()
+  log_every_steps: int = 50
+
+
+def build_model(model: heads.ModelConfig, num_classes: int, seed: int = 0,
+                imagenet: str = "") -> heads.ReIDModel:
+  """The ReID model, initialised from ``seed``, with an ImageNet backbone file when given."""
+  built = heads.ReIDModel(model, num_classes, rngs=nnx.Rngs(seed))
+  if imagenet:
+    ignored = convert.load_imagenet_backbone(built, imagenet)
+    logging.info("backbone initialised from %s (ignored: %s)", imagenet, ignored)
+  return built
 
 
 WARMUP_LAWS = ("step", "epoch")
@@ -92,12 +136,10 @@ def learning_rate(base: float, steps_per_epoch: int, decay_epochs, decay: float,
   return lambda step: schedule(step) * jnp.minimum(1.0, (step + 1) / warmup)
 
 
-def optimizer_schedule(o: ml_collections.ConfigDict, lr: float, steps_per_epoch: int
-                       ) -> optax.Schedule:
-  """``learning_rate`` at ``lr`` with config.optimizer's decay and warm-up (stamps of
-  runs without a warm-up law are the per-step law's)."""
+def optimizer_schedule(o: OptimizerParams, lr: float, steps_per_epoch: int) -> optax.Schedule:
+  """``learning_rate`` at ``lr`` with the optimiser's decay and warm-up."""
   return learning_rate(lr, steps_per_epoch, o.decay_epochs, o.decay, o.warmup_epochs,
-                       o.get("warmup_law", "step"), o.get("warmup_factor", 0.01))
+                       o.warmup_law, o.warmup_factor)
 
 
 def param_labels(params) -> Any:
@@ -107,14 +149,12 @@ def param_labels(params) -> Any:
       params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
-                   ) -> optax.GradientTransformation:
-  """config.optimizer.name: "sgd" (momentum, Nesterov) or "adam"; heads at lr x head_lr_multiplier.
+def make_optimizer(o: OptimizerParams, steps_per_epoch: int) -> optax.GradientTransformation:
+  """o.name: "sgd" (momentum, Nesterov) or "adam"; heads at lr x head_lr_multiplier.
 
   Both add weight_decay x parameters to the gradient first (coupled L2, as
   torch.optim.SGD/Adam) and follow ``learning_rate`` (warm-up, step decay).
   """
-  o = config.optimizer
   if o.name not in OPTIMIZERS:
     raise ValueError(f"optimizer.name must be {' or '.join(map(repr, OPTIMIZERS))}, "
                      f"got {o.name!r}")
@@ -129,15 +169,16 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
                                param_labels)
 
 
-def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
-                       steps_per_epoch: int) -> tuple[Any, nnx.State]:
+def create_train_state(params: TrainParams, num_classes: int, steps_per_epoch: int
+                       ) -> tuple[Any, nnx.State]:
   """The model (in training mode) and its optimiser, split into (graphdef, state).
 
   The state is ``{"model": ..., "optimizer": ...}``: checkpoints read as names.
   """
-  model = build_model(config, num_classes)
+  model = build_model(params.model, num_classes, params.seed, params.imagenet)
   model.train()
-  optimizer = nnx.Optimizer(model, make_optimizer(config, steps_per_epoch), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, make_optimizer(params.optimizer, steps_per_epoch),
+                            wrt=nnx.Param)
   return nnx.split({"model": model, "optimizer": optimizer})
 
 
@@ -216,12 +257,17 @@ class Preempted(Exception):
   """Training stopped on preemption after saving; the same command resumes."""
 
 
-def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir) if "://" not in workdir else workdir, "checkpoints"),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.checkpoint.keep,
-          save_interval_steps=config.checkpoint.every_steps, create=True))
+def checkpoint_manager(workdir: str, checkpoint: CheckpointParams | None = None
+                       ) -> ocp.CheckpointManager:
+  """The manager of ``<workdir>/checkpoints``: writing with ``checkpoint``'s interval and
+  retention, read-only without it (restoring a trained workdir)."""
+  directory = files.join(os.path.abspath(workdir) if "://" not in workdir else workdir,
+                         "checkpoints")
+  if checkpoint is None:
+    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        read_only=True, create=False))
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      max_to_keep=checkpoint.keep, save_interval_steps=checkpoint.every_steps, create=True))
 
 
 class CheckpointMismatch(ValueError):
@@ -263,9 +309,9 @@ class TrainResult:
   step: int
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, batches: Callable[[int], Iterator],
+def train(params: TrainParams, workdir: str, batches: Callable[[int], Iterator],
           num_classes: int, steps_per_epoch: int, mesh=None) -> TrainResult:
-  """Trains (or resumes) until config.train.epochs; returns the final replicated state.
+  """Trains (or resumes) until ``params.epochs``; returns the final replicated state.
 
   Args:
     batches: start_step -> iterator of this process's numpy batches ("image", "label").
@@ -273,9 +319,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches: Callable[[in
     steps_per_epoch: steps in one epoch (the same on every process).
   """
   mesh = mesh or sharding.make_mesh()
-  total = int(config.train.epochs * steps_per_epoch)
-  graphdef, state = create_train_state(config, num_classes, steps_per_epoch)
-  mngr = checkpoint_manager(workdir, config)
+  total = total_steps(params.epochs, steps_per_epoch)
+  if total < 1:
+    raise ValueError(f"epochs={params.epochs} x {steps_per_epoch} steps per epoch is "
+                     f"{total} steps: expected at least one")
+  graphdef, state = create_train_state(params, num_classes, steps_per_epoch)
+  mngr = checkpoint_manager(workdir, params.checkpoint)
   state, start = restore_or_init(mngr, state, mesh)
   if start >= total:
     logging.info("training: finished already (step %d of %d)", start, total)
@@ -283,19 +332,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches: Callable[[in
   logging.info("training: %d params, %d devices (%d processes), global batch %d, "
                "steps %d..%d (%d per epoch)",
                heads.count_params(nnx.merge(graphdef, state)["model"]), jax.device_count(),
-               jax.process_count(), config.train.batch_size, start, total, steps_per_epoch)
-  a = config.augment
-  step_fn = make_train_step(graphdef, mesh, config.train.seed, tuple(config.data.image_size),
-                            augment.AugmentParams(flip=a.flip,
-                                                  erase_probability=a.erase_probability,
-                                                  erase_area=tuple(a.erase_area),
-                                                  erase_min_aspect=a.erase_min_aspect),
-                            loss=config.loss.to_dict(), crop_pad=a.pad)
+               jax.process_count(), params.batch_size, start, total, steps_per_epoch)
+  step_fn = make_train_step(graphdef, mesh, params.seed, params.image_size, params.augment,
+                            loss=params.loss, crop_pad=params.crop_pad)
   writer = progress.MetricWriter(os.path.join(workdir, "tensorboard"))
   batch_sharding = sharding.data_sharding(mesh)
   it = batches(start)
   meter = progress.Progress("training", total, unit="steps", start=start)
-  schedule = optimizer_schedule(config.optimizer, config.optimizer.lr, steps_per_epoch)
+  schedule = optimizer_schedule(params.optimizer, params.optimizer.lr, steps_per_epoch)
   # However the loop ends (finished, preempted, interrupted), checkpoints in flight
   # are completed before returning or raising.
   with _PreemptionFlag() as flag:
@@ -304,7 +348,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches: Callable[[in
         batch = sharding.to_global(next(it), batch_sharding)
         state, metrics = step_fn(state, batch, jnp.int32(step))
         done = step + 1
-        if done % config.log_every_steps == 0 or done == total:
+        if done % params.log_every_steps == 0 or done == total:
           m = jax.device_get(metrics)
           lr = float(schedule(step))
           meter.update(done, force=True, extra=(
@@ -314,7 +358,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches: Callable[[in
           writer.scalars(done, {"train/loss": float(m["loss"]),
                                 "train/accuracy": float(m["accuracy"]),
                                 "train/learning_rate": lr, "train/steps_per_s": rate,
-                                "train/images_per_s": rate * config.train.batch_size})
+                                "train/images_per_s": rate * params.batch_size})
         preempted = flag.raised or mngr.reached_preemption(done)
         mngr.save(done, args=ocp.args.StandardSave(nnx.to_pure_dict(state)),
                   force=preempted or done == total)
@@ -325,3 +369,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches: Callable[[in
       writer.close()
   meter.finish()
   return TrainResult(graphdef, state, total)
+
+
+def total_steps(epochs: float, steps_per_epoch: int) -> int:
+  """The steps of ``epochs`` epochs (rounded down)."""
+  return int(epochs * steps_per_epoch)
+
+
+def restore_trained(workdir: str, params: TrainParams, num_classes: int,
+                    steps_per_epoch: int, mesh) -> TrainResult:
+  """The latest checkpoint of a trained workdir (read-only), restored into the train
+  state that ``params`` builds; ``params.imagenet`` is not read (the checkpoint holds
+  every weight)."""
+  mngr = checkpoint_manager(workdir)
+  if mngr.latest_step() is None:
+    raise FileNotFoundError(f"{workdir}: no checkpoint; expected a trained workdir")
+  graphdef, state = create_train_state(dataclasses.replace(params, imagenet=""), num_classes,
+                                       steps_per_epoch)
+  state, step = restore_or_init(mngr, state, mesh)
+  return TrainResult(graphdef, state, step)

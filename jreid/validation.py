@@ -17,6 +17,7 @@ from jreid import errors
 from jreid import evaluate as evaluate_lib
 from jreid import names as names_lib
 from jreid import stages
+from jreid.data import options as data_options
 from jreid.models import heads
 from jreid.models import layers
 from jreid.models import resnet
@@ -61,6 +62,8 @@ def _st_and_eval(config: ml_collections.ConfigDict, problems: list[str]) -> None
   _number(problems, "eval.max_rank", e.max_rank, 1, integer=True)
   _number(problems, "eval.top_k", e.top_k, 1, integer=True)
   _number(problems, "eval.ranked_list_queries", e.ranked_list_queries, 0, integer=True)
+  if "batch_size" in e:  # the jobs that run the visual model
+    _number(problems, "eval.batch_size", e.batch_size, 1, integer=True)
   r = config.rerank
   _number(problems, "rerank.k1", r.k1, 1, integer=True)
   _number(problems, "rerank.k2", r.k2, 1, integer=True)
@@ -93,14 +96,12 @@ def _search_job(config: ml_collections.ConfigDict, problems: list[str]) -> None:
                     "unless tracks.gallery is set)")
   _number(problems, "st.bin_seconds", config.st.bin_seconds, 0, low_open=True)
   _number(problems, "num_parts", config.num_parts, 1, integer=True)
-  _number(problems, "eval.batch_size", config.eval.batch_size, 1, integer=True)
 
 
 def _extract_job(config: ml_collections.ConfigDict, problems: list[str]) -> None:
   if not config.trained_workdir or not config.tracks.query:
     problems.append("extract: set trained_workdir (a trained workdir) and tracks.query "
                     "(a tracks table, or an image folder)")
-  _number(problems, "eval.batch_size", config.eval.batch_size, 1, integer=True)
 
 
 def _training_job(config: ml_collections.ConfigDict, device_count: int, process_count: int,
@@ -117,7 +118,6 @@ def _training_job(config: ml_collections.ConfigDict, device_count: int, process_
                     f"(height, width), whole numbers >= 8")
   _number(problems, "train.batch_size", t.batch_size, 1, integer=True)
   _number(problems, "train.epochs", t.epochs, 0, low_open=True)
-  _number(problems, "eval.batch_size", config.eval.batch_size, 1, integer=True)
   if problems:
     return
   if t.batch_size % device_count:
@@ -135,10 +135,10 @@ def _training_job(config: ml_collections.ConfigDict, device_count: int, process_
                     f"train.batch_size / shards = {t.batch_size // shards} images, expected "
                     f"data.ids_per_batch x data.images_per_id = "
                     f"{d.ids_per_batch * d.images_per_id}")
-  if d.sampler not in ("random", "pk"):
-    problems.append(f"data.sampler={d.sampler!r}: expected 'random' or 'pk'")
-  if d.get("pk_epoch", "images") not in ("images", "identity_pass"):
-    problems.append(f"data.pk_epoch={d.pk_epoch!r}: expected 'images' or 'identity_pass'")
+  if d.sampler not in data_options.SAMPLERS:
+    problems.append(f"data.sampler={d.sampler!r}: expected one of {data_options.SAMPLERS}")
+  if d.get("pk_epoch", "images") not in data_options.PK_EPOCHS:
+    problems.append(f"data.pk_epoch={d.pk_epoch!r}: expected one of {data_options.PK_EPOCHS}")
   if m.dtype not in ("float32", "bfloat16"):
     problems.append(f"model.dtype={m.dtype!r}: expected 'float32' or 'bfloat16'")
   if m.imagenet and not os.path.isfile(m.imagenet):

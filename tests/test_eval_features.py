@@ -12,12 +12,12 @@ import scipy.io
 import numpy_reference
 from experiments import eval_features
 from jreid import errors
+from jreid import evaluate
 from jreid import feature_files
 from jreid import jobs
 from jreid import names
 from jreid import records
 from jreid import st
-from jreid import stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -181,13 +181,13 @@ def test_times_beyond_the_prior_and_unseen_cameras_warn_with_counts(tmp_path):
   log = lambda fmt, *a: logged.append(fmt % a)
   far = gallery.select(np.arange(len(gallery)))
   far = records.Records(far.person_ids, far.cameras, far.times + 10**7, far.features)
-  counts = stages.check_evaluation_inputs(query, far, model, log)
+  counts = evaluate.check_inputs(query, far, model, log)
   assert counts["pairs_beyond_last_bin"] == len(query) * len(gallery)
   assert any("(100.00%)" in m and "'st' ranks exactly like 'visual'" in m for m in logged)
   unseen = records.Records(query.person_ids, np.full(len(query), 3), query.times,
                            query.features)
   logged.clear()
-  counts = stages.check_evaluation_inputs(unseen, gallery, model, log)
+  counts = evaluate.check_inputs(unseen, gallery, model, log)
   assert counts["queries_from_unseen_cameras"] == len(query)
   assert any(f"{len(query)} queries come from cameras [4]" in m for m in logged)
 

@@ -65,3 +65,15 @@ def test_every_module_states_its_job():
       if name.endswith(".py") and name != "__init__.py":
         doc = ast.get_docstring(ast.parse(open(os.path.join(folder, name)).read()))
         assert doc and len(doc.split()) >= 5, name
+
+
+def test_only_the_job_boundary_reads_configs():
+  """jobs, stages and validation translate configs; every other module takes typed values."""
+  readers = set()
+  for folder, _, names in os.walk(os.path.join(ROOT, "jreid")):
+    for name in names:
+      if name.endswith(".py"):
+        path = os.path.join(folder, name)
+        if any(m.split(".")[0] == "ml_collections" for m in _imports(path)):
+          readers.add(os.path.relpath(path, ROOT))
+  assert readers == {os.path.join("jreid", f) for f in ("jobs.py", "stages.py", "validation.py")}

@@ -125,3 +125,50 @@ def test_blocks_of_columns_add_up():
 
   np.testing.assert_array_equal(
       in_two_blocks(scores, good, junk, jnp.asarray(gids == -1)), whole)
+
+
+def test_rank_5_and_10_do_not_depend_on_the_stored_curve_length():
+  """Hand case: first good ranks 0, 3, 7, 12 -> CMC@1 1/4, @5 2/4, @10 3/4."""
+  ranks = np.array([[0], [3], [7], [12]], np.int64)
+  for max_rank in (1, 3, 10, 100):
+    s = metrics.retrieval_metrics(ranks, max_rank).summary()
+    assert (s["rank1"], s["rank5"], s["rank10"]) == (0.25, 0.5, 0.75), max_rank
+  assert metrics.retrieval_metrics(ranks, 3).cmc.tolist() == [0.25, 0.25, 0.25]
+
+
+def test_distractor_and_junk_queries_are_never_matched():
+  """A distractor query (id 0) and a junk query (id -1) have no good items, even with
+  same-id gallery items in other cameras: they are left out of the averages."""
+  #         gallery: 0  1   2  3
+  gids = np.array([0, -1, 4, 0])
+  gcams = np.array([2, 3, 2, 1])
+  good, _ = protocol.match_lists(np.array([0, -1, 4]), np.array([1, 1, 1]), gids, gcams)
+  assert (good[0] < 0).all() and (good[1] < 0).all()
+  assert sorted(good[2][good[2] >= 0].tolist()) == [2]
+  scores = [[0.9, 0.8, 0.1, 0.2], [0.9, 0.8, 0.1, 0.2], [0.9, 0.8, 0.1, 0.2]]
+  r = _ranks(scores, [0, -1, 4], [1, 1, 1], gids, gcams)
+  m = metrics.retrieval_metrics(r, max_rank=4)
+  # Query 2 (id 4): gallery 1 is junk (-1), order 0, 3, 2 -> its good item at rank 2.
+  assert (m.num_queries, m.num_valid_queries) == (3, 1)
+  # Trapezoid AP of one good item at rank 2: (0 + 1/3) / 2; plain AP: 1/3.
+  assert m.cmc.tolist() == [0, 0, 1, 1] and m.mAP == pytest.approx(1 / 6)
+  assert m.mAP_plain == pytest.approx(1 / 3)
+
+
+def test_evaluation_counts_distractor_queries_and_leaves_them_out():
+  rng = np.random.default_rng(0)
+  feats = lambda n: scoring.l2_normalise_features(rng.normal(size=(n, 8)).astype(np.float32))
+  gallery = records.Records(np.array([1, 1, 2, 2, 0, 0]), np.array([0, 1, 0, 1, 0, 1]),
+                            np.arange(6) * 10, feats(6))
+  query = records.Records(np.array([1, 2, 0]), np.array([0, 1, 0]), np.array([5, 15, 25]),
+                          feats(3))
+  logged = []
+  counts = evaluate.check_inputs(query, gallery, None, lambda *a: logged.append(a[0] % a[1:]))
+  assert counts["distractor_or_junk_queries"] == 1 and counts["queries_with_match"] == 2
+  assert any("1 of 3 queries are distractors or junk (id 0: 1, id -1: 0)" in m for m in logged)
+  got = evaluate.evaluate(query, gallery, None, bin_width=100, methods=("visual",),
+                          max_rank=5)["visual"]
+  want = evaluate.evaluate(query.select(np.arange(2)), gallery, None, bin_width=100,
+                           methods=("visual",), max_rank=5)["visual"]
+  assert got.num_valid_queries == 2 and got.cmc.tolist() == want.cmc.tolist()
+  assert got.mAP == want.mAP

@@ -2,10 +2,12 @@ import json
 import math
 import os
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
+from jreid import protocol
 from jreid import scoring
 from jreid import search
 from jreid import st
@@ -14,6 +16,24 @@ from jreid.data import synthetic
 from jreid.records import Records
 
 FUSION = scoring.FusionParams()
+
+
+def brute_force_top_k(query, gallery, st_model, fusion, k) -> protocol.TopK:
+  """The oracle of ``search.top_k``: the whole [Q, G] score matrix and a stable numpy
+  argsort."""
+  visual = np.asarray(scoring.cosine_scores(jnp.asarray(query.features, jnp.float32),
+                                            jnp.asarray(gallery.features, jnp.float32)))
+  if st_model is None:
+    index = np.argsort(-visual, axis=1, kind="stable")[:, :k]
+    return protocol.TopK(index, np.take_along_axis(visual, index, 1), None, None, "visual")
+  prob = np.asarray(scoring.st_probabilities(
+      jnp.asarray(st_model.table, jnp.float32), int(st_model.params.bin_width),
+      jnp.asarray(query.cameras, jnp.int32), jnp.asarray(query.times, jnp.int32),
+      jnp.asarray(gallery.cameras, jnp.int32), jnp.asarray(gallery.times, jnp.int32)))
+  joint = np.asarray(scoring.joint_scores(jnp.asarray(visual), jnp.asarray(prob), fusion))
+  index = np.argsort(-joint, axis=1, kind="stable")[:, :k]
+  take = lambda x: np.take_along_axis(x, index, 1)
+  return protocol.TopK(index, take(visual), take(prob), take(joint), "joint")
 
 
 def random_case(seed=0, Q=7, G=50, D=8, C=3, H=6, width=10):
@@ -42,7 +62,7 @@ def test_top_k_equals_brute_force_argsort(with_st, chunk_elements):
   query, gallery, model = random_case()
   model = model if with_st else None
   got = search.top_k(query, gallery, model, FUSION, k=12, chunk_elements=chunk_elements)
-  want = search.brute_force_top_k(query, gallery, model, FUSION, k=12)
+  want = brute_force_top_k(query, gallery, model, FUSION, k=12)
   np.testing.assert_array_equal(got.index, want.index)
   np.testing.assert_array_equal(got.visual, want.visual)
   assert got.ranked_by == want.ranked_by == ("joint" if with_st else "visual")
@@ -67,7 +87,7 @@ def test_leave_out_junk_ranks_as_the_protocol(with_st):
   gallery = Records(ids, gallery.cameras, gallery.times, gallery.features, gallery.names)
   got = search.top_k(query, gallery, model, FUSION, k=8, chunk_elements=150,
                      leave_out_junk=True)
-  full = search.brute_force_top_k(query, gallery, model, FUSION, k=len(gallery))
+  full = brute_force_top_k(query, gallery, model, FUSION, k=len(gallery))
   for q in range(len(query)):
     junk = (ids == -1) | ((ids == query.person_ids[q]) & (gallery.cameras == query.cameras[q]))
     want = [j for j in full.index[q] if not junk[j]][:8]
@@ -403,8 +423,8 @@ def test_extract_job_settings_are_checked_before_reading(tmp_path):
   config.compilation_cache_dir = ""
   config.eval.batch_size = 0
   with pytest.raises(errors.InputError,
-                     match=r"config: extract: set trained_workdir .* and tracks.query .*; "
-                           r"eval.batch_size=0: expected a whole number >= 1"):
+                     match=r"config: eval.batch_size=0: expected a whole number >= 1; "
+                           r"extract: set trained_workdir .* and tracks.query .*"):
     jobs.run(config, str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
 
@@ -452,3 +472,35 @@ def test_evaluation_writes_rank_lists(tmp_path):
                         ("joint", want.joint)):
     assert [[r[field] for r in q["results"]] for q in data["queries"]] == values.tolist()
   assert data["queries"][0]["results"][0]["camera"] == f"c{gallery.cameras[want.index[0, 0]] + 1}"
+
+
+def test_rank_lists_leave_out_junk_and_are_standard_json(tmp_path):
+  """eval.top_k beyond the non-junk gallery: the lists end at the last real item, and the
+  file parses with a parser that rejects NaN and infinities."""
+  from experiments import base  # pylint: disable=g-import-not-at-top
+  from jreid import stages  # pylint: disable=g-import-not-at-top
+  query, gallery, model = random_case()
+  ids = np.where(np.arange(len(gallery)) < 40, -1, 3)  # 10 real items, 40 junk (-1)
+  gallery = Records(ids, gallery.cameras, gallery.times, gallery.features, gallery.names)
+  query = Records(np.full(len(query), 3), query.cameras, query.times, query.features,
+                  query.names)
+  config = base.st_and_eval_config()
+  config.eval.methods = ("visual", "st")
+  config.eval.top_k = 20
+  stages.evaluate(query, gallery, model, config, str(tmp_path))
+
+  def refuse(name):
+    raise ValueError(f"non-standard JSON constant {name}")
+  data = json.loads((tmp_path / search.RANK_LISTS_FILE).read_text(), parse_constant=refuse)
+  for q, camera in zip(data["queries"], query.cameras.tolist()):
+    # The real items: id 3 in another camera (matches); id 3 in the query's camera is junk.
+    real = int(((ids == 3) & (gallery.cameras != camera)).sum())
+    assert 0 < real < 20 and len(q["results"]) == real
+    assert all(r["person_id"] == 3 and r["match"] for r in q["results"])
+
+
+def test_write_json_refuses_non_finite_numbers(tmp_path):
+  from jreid import files  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError):
+    files.write_json(str(tmp_path / "x.json"), {"a": -math.inf})
+  assert not (tmp_path / "x.json").exists()

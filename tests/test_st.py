@@ -185,3 +185,40 @@ def test_camera_names_must_match_the_table():
     st.STModel(table=np.zeros((3, 3, 2)), params=st.STParams(), camera_names=("a", "b"))
   with pytest.raises(ValueError, match="distinct"):
     st.STModel(table=np.zeros((2, 2, 2)), params=st.STParams(), camera_names=("a", "a"))
+
+
+def test_logistic_smoothing_is_finite_at_the_extremes():
+  """lambda 0 is exactly 1 whatever gamma (0 * exp(200) would be 0 * inf = NaN in float32);
+  lambda > 0 with exp overflowing gives 0; both ends of x stay finite."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jreid import scoring  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray([-1.0, 0.0, 0.5, 1.0], jnp.float32)
+  assert np.asarray(scoring.logistic(x, 0.0, 200.0)).tolist() == [1.0, 1.0, 1.0, 1.0]
+  assert np.asarray(scoring.logistic(x, 0, 0.0)).tolist() == [1.0, 1.0, 1.0, 1.0]
+  assert np.asarray(scoring.logistic(x, 1.0, 200.0)).tolist() == [0.0, 0.5, 1.0, 1.0]
+  huge = np.asarray(scoring.logistic(x, 1e30, 1e4))  # 1e30 * exp(1e4) overflows: 0
+  assert huge[0] == 0.0 and huge[1] == pytest.approx(1e-30, rel=1e-6) and huge[2:].tolist() == [1.0, 1.0]
+  got = np.asarray(scoring.logistic(x, 2.0, 5.0))
+  np.testing.assert_allclose(got, 1 / (1 + 2 * np.exp(-5 * np.asarray(x, np.float64))), rtol=1e-6)
+
+
+def test_visual_lambda_zero_ranks_by_the_st_factor_alone():
+  """fusion.visual_lambda=0 makes the visual factor exactly 1 for any gamma: the joint
+  ranking is the ST factor's (no NaN at gamma 200)."""
+  from jreid import evaluate  # pylint: disable=g-import-not-at-top
+  from jreid import records  # pylint: disable=g-import-not-at-top
+  from jreid import scoring  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  n = 24
+  ids, cams = np.repeat(np.arange(1, 7), 4), np.tile(np.arange(4), 6)
+  times = rng.integers(0, 5000, n)
+  feats = scoring.l2_normalise_features(rng.normal(size=(n, 8)).astype(np.float32))
+  model = st.fit(ids, cams, times, 4, st.STParams(num_bins=60, sigma=2.0))
+  rows = records.Records(ids, cams, times, feats)
+  got = {}
+  for gamma in (0.0, 200.0):
+    fusion = scoring.FusionParams(visual_lambda=0.0, visual_gamma=gamma)
+    got[gamma] = evaluate.evaluate(rows, rows, model.table, bin_width=100, fusion=fusion,
+                                   methods=("st",))["st"].summary()
+  assert got[0.0] == got[200.0]
+  assert all(np.isfinite(v) for v in got[200.0].values())

@@ -1,5 +1,7 @@
 """The reuse rule of the workdir stages, the training digest and config validation."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ from experiments import tiny
 from jreid import errors
 from jreid import features
 from jreid import stages
+from jreid import stamps
 from jreid import validation
 
 
@@ -54,14 +57,24 @@ def test_features_digest_adds_the_epochs():
 
 def test_stamps_and_the_reuse_rule(tmp_path):
   workdir = str(tmp_path)
-  assert not stages.is_current(workdir, "fit_st", "abc")
+  assert not stamps.is_current(workdir, "fit_st", "abc")
   (tmp_path / "st_model.npz").write_bytes(b"x")
-  stages.write_stamp(workdir, "fit_st", "abc", note=1)
-  assert stages.is_current(workdir, "fit_st", "abc", "st_model.npz")
-  assert not stages.is_current(workdir, "fit_st", "abd", "st_model.npz")
-  assert not stages.is_current(workdir, "fit_st", "abc", "missing.npz")
-  assert stages.read_stamp(workdir, "fit_st")["note"] == 1
-  assert stages.digest({"a": np.arange(3)}) != stages.digest({"a": np.arange(4)})
+  stamps.write(workdir, "fit_st", "abc", note=1)
+  assert stamps.is_current(workdir, "fit_st", "abc", "st_model.npz")
+  assert not stamps.is_current(workdir, "fit_st", "abd", "st_model.npz")
+  assert not stamps.is_current(workdir, "fit_st", "abc", "missing.npz")
+  assert stamps.read(workdir, "fit_st")["note"] == 1
+  assert stamps.read(workdir, "fit_st")["version"] == 1
+  assert stamps.digest({"a": np.arange(3)}) != stamps.digest({"a": np.arange(4)})
+
+
+def test_a_stage_version_enters_its_digest(monkeypatch):
+  """Version 1: the digest of the inputs alone; another version: another digest."""
+  inputs = {"a": 1}
+  assert stamps.digest_of("fit_st", inputs) == stamps.digest(inputs)
+  monkeypatch.setitem(stamps.VERSIONS, "fit_st", 3)
+  assert stamps.digest_of("fit_st", inputs) == stamps.digest(dict(a=1, stage_version=3))
+  assert stamps.digest_of("fit_st", inputs) != stamps.digest(inputs)
 
 
 def test_checkpoints_of_other_settings_stop_the_job(tmp_path):
@@ -72,8 +85,8 @@ def test_checkpoints_of_other_settings_stop_the_job(tmp_path):
   with pytest.raises(errors.InputError, match="older jreid.*use a new workdir or "
                      "--config.overwrite=True"):
     stages.check_training_products(config, workdir, stages.training_digest(config, "d"))
-  stages.write_stamp(workdir, "train", stages.training_digest(config, "d"),
-                     sections=stages.training_sections(config))
+  stamps.write(workdir, "train", stages.training_digest(config, "d"),
+               sections=stages.training_sections(config))
   stages.check_training_products(config, workdir, stages.training_digest(config, "d"))
   config.optimizer.lr = 0.5
   with pytest.raises(errors.InputError, match=r"trained with other settings \(changed: "
@@ -84,20 +97,22 @@ def test_checkpoints_of_other_settings_stop_the_job(tmp_path):
   assert not (tmp_path / "checkpoints").exists()
 
 
-def test_checkpoints_of_the_earlier_pk_order_are_not_reused(tmp_path):
-  """A P x K run stamped by jreid before the identity passes: its sections lack pk_order."""
+def test_checkpoints_of_another_train_version_are_not_reused(tmp_path):
+  """A stamp of train version 1 (no version field) with the same sections: not resumed."""
   workdir = str(tmp_path)
   config = tiny.get_config()
   config.data.sampler = "pk"
   (tmp_path / "checkpoints" / "3").mkdir(parents=True)
-  earlier = stages.training_sections(config)
-  assert earlier["data"].pop("pk_order") == "identity_pass"
-  stages.write_stamp(workdir, "train", stages.digest(dict(sections=earlier, data="d")),
-                     sections=earlier)
-  with pytest.raises(errors.InputError, match=r"other settings \(changed: data.pk_order\)"):
+  sections = stages.training_sections(config)
+  stamps.write(workdir, "train", stamps.digest(dict(sections=sections, data="d")),
+               sections=sections)
+  stamp = stamps.read(workdir, "train")
+  del stamp["version"]
+  (tmp_path / "stages" / "train.json").write_text(json.dumps(stamp))
+  assert stamps.version("train") == 2
+  with pytest.raises(errors.InputError, match=r"other settings \(by version 1 of the train "
+                     r"stage; this jreid's is 2\)"):
     stages.check_training_products(config, workdir, stages.training_digest(config, "d"))
-  config.data.sampler = "random"  # the random sampler's digests are those of before
-  assert "pk_order" not in stages.training_sections(config)["data"]
 
 
 def test_pk_epoch_is_stamped_only_away_from_its_default():
@@ -176,7 +191,7 @@ def test_training_config_errors_are_listed_together():
   with pytest.raises(errors.InputError) as e:
     validation.validate(config, device_count=1)
   assert "model.conv='fft': expected one of ('auto', 'xla', 'matmul')" in str(e.value)
-  assert "data.pk_epoch='pass': expected 'images' or 'identity_pass'" in str(e.value)
+  assert "data.pk_epoch='pass': expected one of ('images', 'identity_pass')" in str(e.value)
   assert "optimizer.warmup_law='cosine': expected one of ('step', 'epoch')" in str(e.value)
   assert "optimizer.warmup_factor=1.5" in str(e.value)
   config = tiny.get_config()

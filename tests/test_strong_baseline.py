@@ -12,6 +12,7 @@ from experiments import synthetic_strong
 from experiments import tiny
 from jreid import errors
 from jreid import sharding
+from jreid import stages
 from jreid import train
 from jreid import validation
 
@@ -39,7 +40,7 @@ def test_market_config_is_the_published_recipe():
 
 def test_adam_with_warmup_decay_and_coupled_weight_decay():
   config = market1501_strong.get_config()
-  tx = train.make_optimizer(config, steps_per_epoch=100)
+  tx = train.make_optimizer(stages.train_params(config).optimizer, steps_per_epoch=100)
   params = {"backbone": {"w": jnp.full(2, 2.0)}, "head": {"w": jnp.full(2, 2.0)}}
   grads = jax.tree.map(jnp.ones_like, params)
   state = tx.init(params)
@@ -51,7 +52,7 @@ def test_adam_with_warmup_decay_and_coupled_weight_decay():
     np.testing.assert_allclose(updates[part]["w"], -3.5e-6 * g / (g + 1e-8), rtol=1e-5)
   # With the per-step law, step 0 of a 1000-step warm-up: lr 3.5e-4 / 1000.
   config.optimizer.warmup_law = "step"
-  tx = train.make_optimizer(config, steps_per_epoch=100)
+  tx = train.make_optimizer(stages.train_params(config).optimizer, steps_per_epoch=100)
   updates, _ = tx.update(grads, tx.init(params), params)
   for part in ("backbone", "head"):
     np.testing.assert_allclose(updates[part]["w"], -3.5e-7 * g / (g + 1e-8), rtol=1e-5)
@@ -62,7 +63,7 @@ def test_adam_with_warmup_decay_and_coupled_weight_decay():
   assert float(lr(7000)) == pytest.approx(3.5e-6)
   config.optimizer.name = "rmsprop"
   with pytest.raises(ValueError, match="optimizer.name must be 'sgd' or 'adam', got 'rmsprop'"):
-    train.make_optimizer(config, 100)
+    train.make_optimizer(stages.train_params(config).optimizer, 100)
 
 
 def test_one_strong_training_step_on_a_tiny_model():
@@ -70,7 +71,8 @@ def test_one_strong_training_step_on_a_tiny_model():
   market1501_strong.apply_strong_recipe(config)
   config.augment.pad = 2
   mesh = sharding.make_mesh()
-  graphdef, state = train.create_train_state(config, num_classes=4, steps_per_epoch=10)
+  graphdef, state = train.create_train_state(stages.train_params(config), num_classes=4,
+                                             steps_per_epoch=10)
   state = jax.device_put(state, sharding.replicated(mesh))
   step = train.make_train_step(graphdef, mesh, 0, tuple(config.data.image_size),
                                loss=config.loss.to_dict(), crop_pad=config.augment.pad)

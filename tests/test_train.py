@@ -11,6 +11,7 @@ from flax import nnx
 
 from experiments import tiny
 from jreid import sharding
+from jreid import stages
 from jreid import train
 from jreid.data import pipeline
 
@@ -47,7 +48,7 @@ def test_per_epoch_warmup_is_reid_strong_baselines_law():
 
 def test_the_per_step_law_keeps_earlier_digests():
   from experiments import synthetic  # pylint: disable=g-import-not-at-top
-  from jreid import stages  # pylint: disable=g-import-not-at-top
+
   config = synthetic.get_config()
   before = stages.training_sections(config)
   assert "warmup_law" not in before["optimizer"] and "warmup_factor" not in before["optimizer"]
@@ -62,7 +63,7 @@ def test_the_per_step_law_keeps_earlier_digests():
 
 def test_sgd_nesterov_weight_decay_and_head_learning_rate():
   config = _config()
-  tx = train.make_optimizer(config, steps_per_epoch=100)
+  tx = train.make_optimizer(stages.train_params(config).optimizer, steps_per_epoch=100)
   params = {"backbone": {"w": jnp.ones(2)}, "head": {"w": jnp.ones(2)}}
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
@@ -84,7 +85,7 @@ def _run(config, workdir, builder, stop_at=None, how="kill", losses=None):
         os.kill(os.getpid(), signal.SIGTERM)
       yield batch
 
-  result = train.train(config, workdir, batches, data.num_classes, data.steps_per_epoch)
+  result = train.train(stages.train_params(config), workdir, batches, data.num_classes, data.steps_per_epoch)
   return result, data
 
 
@@ -94,7 +95,8 @@ def _params(result):
 
 def test_train_state_is_named_model_and_optimizer(builder):
   config = _config()
-  graphdef, state = train.create_train_state(config, num_classes=5, steps_per_epoch=3)
+  graphdef, state = train.create_train_state(stages.train_params(config), num_classes=5,
+                                             steps_per_epoch=3)
   pure = nnx.to_pure_dict(state)
   assert sorted(pure) == ["model", "optimizer"]
   assert "backbone" in pure["model"] and "head" in pure["model"]
@@ -169,7 +171,8 @@ def test_loss_goes_down(builder):
   data = pipeline.TrainData(builder, config.train.batch_size, tuple(config.data.image_size),
                             seed=0)
   mesh = sharding.make_mesh()
-  graphdef, state = train.create_train_state(config, data.num_classes, data.steps_per_epoch)
+  graphdef, state = train.create_train_state(stages.train_params(config), data.num_classes,
+                                             data.steps_per_epoch)
   state = jax.device_put(state, sharding.replicated(mesh))
   step_fn = train.make_train_step(graphdef, mesh, 0, tuple(config.data.image_size))
   losses = []
@@ -180,3 +183,18 @@ def test_loss_goes_down(builder):
     losses.append(float(m["loss"]))
   k = data.steps_per_epoch
   assert np.mean(losses[-k:]) < 0.8 * np.mean(losses[:k])
+
+
+def test_a_schedule_of_less_than_one_step_is_an_error(builder, tmp_path):
+  """train.epochs=0.01 (a few images' worth) would train nothing and evaluate an
+  untrained model: the train stage stops before writing anything."""
+  from jreid import errors  # pylint: disable=g-import-not-at-top
+  config = _config()
+  del config.train.epochs  # a float, as a config file may set it
+  config.train.epochs = 0.01
+  with pytest.raises(errors.InputError, match=r"train.epochs=0.01: at \d+ steps per epoch "
+                     r"that is 0 steps; expected at least one"):
+    stages.train(config, str(tmp_path), builder, "d", sharding.make_mesh())
+  assert not (tmp_path / "stages").exists() and not (tmp_path / "checkpoints").exists()
+  with pytest.raises(ValueError, match="is 0 steps: expected at least one"):
+    train.train(stages.train_params(config), str(tmp_path), lambda start: iter(()), 5, 10)

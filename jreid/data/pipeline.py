@@ -31,6 +31,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from jreid.data import options
+
 TRANSFER_SIZE = (128, 64)  # Market-1501's box: height, width
 
 
@@ -145,7 +147,8 @@ def identity_pass(labels: np.ndarray, rng: np.random.Generator, ids_per_batch: i
   return np.concatenate(order).astype(np.int64) if order else np.zeros(0, np.int64)
 
 
-PK_EPOCHS = ("images", "identity_pass")
+PK_EPOCHS = options.PK_EPOCHS
+SAMPLERS = options.SAMPLERS
 PASS_DRAWS = 8  # identity passes averaged by pass_batches
 
 
@@ -177,7 +180,7 @@ def epoch_order(labels: np.ndarray, seed: int, epoch: int, sampler: str = "rando
   if sampler == "random":
     return rng.permutation(len(labels))
   if sampler != "pk":
-    raise ValueError(f"sampler must be 'random' or 'pk', got {sampler!r}")
+    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
   P, K = ids_per_batch, images_per_id
   if batch_size and batch_size != P * K:
     raise ValueError(f"pk sampling needs batch = ids_per_batch x images_per_id = {P * K}, "

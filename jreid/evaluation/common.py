@@ -27,6 +27,13 @@ from jreid.evaluation import plan as plan_lib
 AXIS = sharding.DATA_AXIS
 # "visual": cosine; "st": cosine fused with the ST prior (the joint score).
 SCORE_KINDS = ("visual", "st")
+
+
+class Method(NamedTuple):
+  """One ranking: ``score`` is the score kind ("visual": cosine; "st": cosine fused with
+  the ST prior); ``rerank`` applies k-reciprocal re-ranking to that kind's distance."""
+  score: str
+  rerank: bool = False
 # An empty slot of a neighbour or top-item list: index int32 max (distance +inf).
 EMPTY_INDEX = np.iinfo(np.int32).max
 

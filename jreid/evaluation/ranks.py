@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from jreid import metrics
 from jreid import progress as progress_lib
+from jreid import protocol
 from jreid import records as records_lib
 from jreid import rerank as rerank_lib
 from jreid.evaluation import common
@@ -26,21 +27,9 @@ from jreid.evaluation import rerank_pass
 
 AXIS = common.AXIS
 
-# The order key (-score) of a junk item among the top items: after every real item,
-# before columns that are no gallery item (+inf), so that with fewer than k items left
-# the lists end with junk items by gallery index, as ``search.top_k`` gives them.
-JUNK_ORDER = np.float32(np.finfo(np.float32).max)
-
-
-class MethodSpec(NamedTuple):
-  """A method as the kernel sees it: its score kind and whether it is re-ranked."""
-  score: str
-  rerank: bool
-
-
 class TopArrays(NamedTuple):
   """Each query's best gallery items by one score kind (host arrays, [Q, k])."""
-  order: np.ndarray   # float32: -score (``JUNK_ORDER``: junk), ascending
+  order: np.ndarray   # float32: -score (``protocol.LEFT_OUT_ORDER``: junk), ascending
   index: np.ndarray   # int64 gallery rows
   cosine: np.ndarray  # float32 cosine similarity
 
@@ -54,21 +43,21 @@ def tile_top(scores, cosine, gallery_offset, valid, junk_cols, junk, width):
     junk: int32 [c, J] each query's same-id same-camera gallery items (padding outside).
   Returns:
     (order key, gallery index, cosine) [c, width], by the order key ascending (what
-    ``common.merge_nearest`` merges): -score, ``JUNK_ORDER`` for junk, +inf for columns
-    that are no gallery item (index ``common.EMPTY_INDEX``).
+    ``common.merge_nearest`` merges; ``protocol.best_items``): -score,
+    ``protocol.LEFT_OUT_ORDER`` for junk, +inf for columns that are no gallery item
+    (index ``common.EMPTY_INDEX``).
   """
   c, L = scores.shape
   rows = jnp.arange(c)[:, None]
   local = jnp.where((junk >= gallery_offset) & (junk < gallery_offset + L),
                     junk - gallery_offset, L)
   is_junk = jnp.zeros((c, L), bool).at[rows, local].set(True, mode="drop") | junk_cols[None, :]
-  order = jnp.where(valid[None, :], jnp.where(is_junk, JUNK_ORDER, -scores), jnp.inf)
-  negated, position = jax.lax.top_k(-order, width)  # the smallest order keys, lower index first
-  index = jnp.where(negated > -jnp.inf, gallery_offset + position, common.EMPTY_INDEX)
-  return -negated, index.astype(jnp.int32), jnp.take_along_axis(cosine, position, axis=1)
+  order, position = protocol.best_items(scores, is_junk, width, valid)
+  index = jnp.where(order < jnp.inf, gallery_offset + position, common.EMPTY_INDEX)
+  return order, index.astype(jnp.int32), jnp.take_along_axis(cosine, position, axis=1)
 
 
-def ranks_kernel(mesh, methods: tuple[MethodSpec, ...], block, tile, first_gallery,
+def ranks_kernel(mesh, methods: tuple[common.Method, ...], block, tile, first_gallery,
                  num_gallery, num_items, num_terms, lambda_value, bin_width, fusion, top_k=0,
                  top_kind="visual", rerank_kinds: tuple[str, ...] = ()):
   """Query chunk [c] x gallery -> good-item ranks [methods, c, K] of every method, and
