@@ -176,6 +176,9 @@ def method_ranks(query: Records, gallery: Records, st_table: np.ndarray | None, 
   gallery_junk = gallery.person_ids == records_lib.JUNK_ID
 
   inputs = None
+  problems = rerank_lib.neighbourhood_problems(rerank, Q + G) if rerank_kinds else []
+  if problems:
+    raise ValueError("rerank: " + "; ".join(problems))
   if rerank_kinds:
     # The columns are every item, queries first; only the gallery ones are ranked.
     items = (np.concatenate([qf, np.asarray(gallery.features, np.float32)]),

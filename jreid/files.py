@@ -66,9 +66,9 @@ def read_bytes(p: PathLike) -> bytes:
   return epath.Path(p).read_bytes()
 
 
-def write_json(p: PathLike, obj: Any) -> None:
+def write_json(p: PathLike, obj: Any, indent: int | None = 2) -> None:
   """Standard JSON only: a NaN or infinity raises ValueError (strict parsers reject them)."""
-  write_bytes(p, json.dumps(obj, indent=2, allow_nan=False).encode())
+  write_bytes(p, json.dumps(obj, indent=indent, allow_nan=False).encode())
 
 
 def read_json(p: PathLike) -> Any:

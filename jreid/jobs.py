@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any, Callable, NamedTuple
 
 from absl import logging
@@ -63,6 +64,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   finally:
     writer.close()
   stages.pictures(config, builder, query, gallery, top, workdir)
+  stages.plot_st_model(st_model, workdir, config.st.fps)
   return results
 
 
@@ -78,7 +80,9 @@ def evaluate_features(config: ml_collections.ConfigDict, workdir: str) -> dict:
   names_lib.warn_if_test_split(listing.records, config.train_dir, logging.warning)
   num_cameras = max(listing.records.num_cameras, query.num_cameras, gallery.num_cameras)
   st_model = stages.fit_st(listing.records, num_cameras, config, workdir)
-  return stages.evaluate(query, gallery, st_model, config, workdir)[0]
+  results = stages.evaluate(query, gallery, st_model, config, workdir)[0]
+  stages.plot_st_model(st_model, workdir, config.st.fps)
+  return results
 
 
 def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -92,7 +96,15 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if sides.labelled:
     summary["results"], _ = stages.evaluate(query, gallery, model, config, workdir,
                                             rank_lists=False)
+  search_pictures(config, workdir, sides, query, gallery, top)
+  if not config.st_model:  # a model fitted here
+    stages.plot_st_model(model, workdir, model.ticks_per_second)
   return summary
+
+
+def _same_file(a: str, b: str) -> bool:
+  local = lambda p: os.path.realpath(p) if "://" not in p else p
+  return local(a) == local(b)
 
 
 class SearchSides(NamedTuple):
@@ -115,6 +127,8 @@ def search_st_model(config: ml_collections.ConfigDict, workdir: str) -> st_lib.S
   from the labelled training tracks and written to the workdir."""
   if config.st_model:
     model = st_lib.STModel.load(config.st_model)
+    if not _same_file(config.st_model, files.join(workdir, stages.ST_MODEL_FILE)):
+      stamps.retire(workdir, (stages.ST_MODEL_FILE, stages.ST_PLOT_FILE))  # not this run's
     if not model.camera_names or model.ticks_per_second != tracks.TICKS_PER_SECOND:
       raise errors.InputError(f"{config.st_model}: not fitted from a tracks table (no camera "
                               f"names, times not in milliseconds); fit one with tracks.train")
@@ -176,6 +190,12 @@ def search_features(config: ml_collections.ConfigDict, sides: SearchSides
   if not config.features:
     return extract_images(config, sides.query, sides.gallery)
   q_file, g_file, extras = feature_files.load_features(config.features)
+  for side, rows in (("query", sides.query_rows), ("gallery", sides.gallery_rows)):
+    if rows.images is None and extras.get(f"{side}_names") is not None:
+      raise errors.InputError(
+          f"{rows.path}: no image column, so its {side} rows cannot be matched to the named "
+          f"features of {config.features} ({side}_names); add the image column, or use a "
+          f"features file without names (then rows and features are matched by order)")
   parts = config.num_parts
   query = search_lib.attach_features(
       sides.query, scoring.l2_normalise_features(q_file.features, parts),
@@ -208,30 +228,45 @@ def search_top_k(config: ml_collections.ConfigDict, query: records_lib.Records,
 def write_search(config: ml_collections.ConfigDict, workdir: str, sides: SearchSides,
                  query: records_lib.Records, gallery: records_lib.Records,
                  top: protocol.TopK, model: st_lib.STModel) -> dict:
-  """rank_lists.json and (with image paths) ranked_lists.png (main process); returns
-  the summary (with labels: how often the true match comes first)."""
+  """rank_lists.json (main process); returns the summary (with labels: how often the
+  true match comes first)."""
   summary = dict(queries=len(query), gallery=len(gallery), k=int(top.index.shape[1]),
                  ranked_by=top.ranked_by, pairs_beyond_last_bin=top.num_beyond_last_bin)
   if sides.labelled:
     summary["true_match_first"] = float(search_lib.matches(top, query, gallery)[:, 0].mean())
+  stamps.retire(workdir, stages.EVALUATION_FILES)  # an unlabelled search evaluates nothing
   if not sharding.is_main_process():
     return summary
   names, base = sides.names, sides.base
+  start = time.time()
   lists = search_lib.rank_lists(top, query, gallery, names, base.format, sides.labelled)
   path = search_lib.write_rank_lists(
       files.join(workdir, search_lib.RANK_LISTS_FILE), lists, camera_names=list(names),
       time=dict(base.to_dict(), unit="ISO-8601 (UTC)" if base.form == "iso" else "seconds"),
       st_model=dict(bin_seconds=model.bin_seconds, num_bins=model.params.num_bins),
       summary=summary)
-  logging.info("search: wrote %s (top-%d of %d queries)", path, summary["k"], len(query))
-  if sides.query_rows.images is not None and sides.gallery_rows.images is not None:
-    try:
-      search_lib.ranked_list_picture(
-          top, query, gallery, files.join(workdir, "ranked_lists.png"), search_lib.load_rgb,
-          names, config.eval.ranked_list_queries, 10, sides.labelled, base.format)
-    except FileNotFoundError as e:
-      logging.warning("search: no ranked_lists.png: %s", e)
+  stages.log_written([search_lib.RANK_LISTS_FILE], start)
+  logging.info("search: %s holds the top-%d of %d queries", path, summary["k"], len(query))
   return summary
+
+
+def search_pictures(config: ml_collections.ConfigDict, workdir: str, sides: SearchSides,
+                    query: records_lib.Records, gallery: records_lib.Records,
+                    top: protocol.TopK) -> None:
+  """ranked_lists.png when the tables name images (main process), drawn after the
+  results; an image that cannot be read is reported and the picture left out."""
+  if (not sharding.is_main_process() or sides.query_rows.images is None
+      or sides.gallery_rows.images is None):
+    return
+  start = time.time()
+  try:
+    search_lib.ranked_list_picture(
+        top, query, gallery, files.join(workdir, stages.RANKED_LISTS_PLOT_FILE),
+        search_lib.load_rgb, sides.names, config.eval.ranked_list_queries, 10, sides.labelled,
+        sides.base.format)
+    stages.log_written([stages.RANKED_LISTS_PLOT_FILE], start)
+  except (FileNotFoundError, errors.InputError) as e:
+    logging.warning("search: no ranked_lists.png: %s", e)
 
 
 def restore_trained(trained_dir: str, mesh) -> tuple[ml_collections.ConfigDict, Any, Any, int]:
@@ -293,6 +328,9 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
       table = tracks.read_table(source, fps, check_images=True)
       sources[side] = table.split(side) if table.splits is not None else table
+      if not len(sources[side]):
+        raise errors.InputError(f"extract: no {side} rows in {source} (its split column "
+                                f"names no '{side}' row); expected at least one")
   tables = [v for v in sources.values() if isinstance(v, tracks.Table)]
   names = tracks.camera_names(*tables) if tables else ()
   base = tracks.time_base(*tables) if tables else None
@@ -334,6 +372,9 @@ JOBS: dict[str, Callable[[ml_collections.ConfigDict, str], dict]] = {
 }
 
 
+# Jobs that add to another job's workdir: export writes export/ into a trained workdir.
+WORKDIR_OF = {"export": "train_and_evaluate"}
+
 COMPILATION_CACHE_BYTES = 4 << 30  # least recently used entries go beyond this
 
 
@@ -370,5 +411,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cache = enable_compilation_cache(config.get("compilation_cache_dir", ""))
   if cache:
     logging.info("compilation cache: %s", cache)
-  files.makedirs(workdir)
+  if files.exists(workdir) and not files.isdir(workdir):
+    raise errors.InputError(f"workdir {workdir} is a file: expected a folder (or a new path)")
+  try:
+    files.makedirs(workdir)
+  except OSError as e:
+    raise errors.InputError(f"workdir {workdir} cannot be created: "
+                            f"{e.strerror or e}") from None
+  stamps.claim(workdir, WORKDIR_OF.get(config.job, config.job), stages.PRODUCTS)
   return JOBS[config.job](config, workdir)

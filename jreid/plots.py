@@ -40,6 +40,28 @@ def plot_cmc(curves: Mapping[str, np.ndarray], path: str, title: str = "CMC") ->
   return _save(fig, path)
 
 
+# Panels of the ST picture: up to this many camera pairs (Market's 6 cameras: all 30),
+# else the pairs with the most training transits; each curve at most this many points.
+ST_PLOT_MAX_PANELS = 30
+ST_PLOT_MAX_POINTS = 500
+
+
+def st_plot_pairs(table: np.ndarray, pair_counts: np.ndarray | None,
+                  max_panels: int = ST_PLOT_MAX_PANELS) -> list[tuple[int, int]]:
+  """The (later, earlier) camera pairs the ST picture shows: every pair of two cameras
+  when there are at most ``max_panels``, else the ``max_panels`` with the most training
+  transits (``pair_counts``; without it, the most probability mass), most first, ties
+  by pair index."""
+  C = table.shape[0]
+  pairs = [(a, b) for a in range(C) for b in range(C) if a != b]
+  if len(pairs) <= max_panels:
+    return pairs
+  weight = (np.asarray(pair_counts, np.float64) if pair_counts is not None
+            else np.asarray(table, np.float64).sum(axis=2))
+  order = sorted(range(len(pairs)), key=lambda i: (-weight[pairs[i]], i))
+  return [pairs[i] for i in order[:max_panels]]
+
+
 def plot_st_distributions(table: np.ndarray, bin_width: int, path: str,
                           max_frames: float | None = None, *,
                           ticks_per_second: float = 0.0,
@@ -49,7 +71,10 @@ def plot_st_distributions(table: np.ndarray, bin_width: int, path: str,
 
   Panel (a, b) (row a, column b) shows P[a, b, :]: a person seen in camera a after
   camera b. Times are ticks (frames for Market/Duke); with ``ticks_per_second``
-  (Market: 25 fps, tracks tables: 1000) the x axis is in seconds.
+  (Market: 25 fps, tracks tables: 1000) the x axis is in seconds. With more than
+  ``ST_PLOT_MAX_PANELS`` pairs only those of ``st_plot_pairs`` are drawn, in rows;
+  curves of more than ``ST_PLOT_MAX_POINTS`` bins show each group's maximum, so the
+  picture costs the same whatever the number of cameras and bins.
 
   Args:
     table: float [C, C, H] ST probabilities.
@@ -68,31 +93,42 @@ def plot_st_distributions(table: np.ndarray, bin_width: int, path: str,
   scale = 1.0 / ticks_per_second if ticks_per_second else 1.0
   unit = "s" if ticks_per_second else "frames"
   shown = min(H, int(np.ceil(max_frames / bin_width)) + 1)  # only the bins in view are drawn
-  t = (np.arange(shown) + 0.5) * bin_width * scale
-  table = table[:, :, :shown]
+  group = max(1, -(-shown // ST_PLOT_MAX_POINTS))
+  points = -(-shown // group)
+  padded = np.zeros((C, C, points * group), np.float64)
+  padded[:, :, :shown] = table[:, :, :shown]
+  table = padded.reshape(C, C, points, group).max(axis=3)
+  t = (np.arange(points) * group + group / 2) * bin_width * scale
   names = list(camera_names) if camera_names else [f"c{c + 1}" for c in range(C)]
-  fig, axes = plt.subplots(C, C, figsize=(2.1 * C, 1.7 * C), sharex=True, squeeze=False)
-  for a in range(C):
-    for b in range(C):
-      ax = axes[a, b]
-      if a == b:
-        ax.axis("off")
-        continue
-      ax.fill_between(t, table[a, b], color="tab:blue", alpha=0.5, lw=0)
-      ax.plot(t, table[a, b], color="tab:blue", lw=0.8)
-      ax.set_xlim(0, max_frames * scale)
-      ax.tick_params(labelsize=6)
-      ax.set_title(f"{names[b]} \u2192 {names[a]}", fontsize=7)
-      if pair_counts is not None:
-        n = int(pair_counts[a, b])
-        ax.text(0.97, 0.92, f"n={n}", transform=ax.transAxes, ha="right", va="top",
-                fontsize=6, color="black" if n else "red")
-      if a == C - 1 or (a == C - 2 and b == C - 1):
-        ax.set_xlabel(f"transit time ({unit})", fontsize=6)
-      if b == 0 or (b == 1 and a == 0):
-        ax.set_ylabel("probability", fontsize=6)
+  pairs = st_plot_pairs(table, pair_counts)
+  grid = len(pairs) == C * (C - 1)
+  rows, cols = (C, C) if grid else (-(-len(pairs) // 6), 6)
+  fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 1.7 * rows), sharex=True,
+                           squeeze=False)
+  cells = list(pairs) if grid else [divmod(i, cols) for i in range(len(pairs))]
+  for ax in axes.reshape(-1):
+    ax.axis("off")
+  for (a, b), (r, c) in zip(pairs, cells):
+    ax = axes[r, c]
+    ax.axis("on")
+    ax.fill_between(t, table[a, b], color="tab:blue", alpha=0.5, lw=0)
+    ax.plot(t, table[a, b], color="tab:blue", lw=0.8)
+    ax.set_xlim(0, max_frames * scale)
+    ax.tick_params(labelsize=6)
+    ax.set_title(f"{names[b]} \u2192 {names[a]}", fontsize=7)
+    if pair_counts is not None:
+      n = int(pair_counts[a, b])
+      ax.text(0.97, 0.92, f"n={n}", transform=ax.transAxes, ha="right", va="top",
+              fontsize=6, color="black" if n else "red")
+    if r == rows - 1 or (grid and r == rows - 2 and c == cols - 1):
+      ax.set_xlabel(f"transit time ({unit})", fontsize=6)
+    if c == 0 or (grid and c == 1 and r == 0):
+      ax.set_ylabel("probability", fontsize=6)
   bin_text = (f"{bin_width * scale:g} s" if ticks_per_second else f"{bin_width} frames")
   counts = ("; n = training transits per pair" if pair_counts is not None else "")
+  if not grid:
+    counts += (f"; the {len(pairs)} of {C * (C - 1)} pairs with the most "
+               f"{'transits' if pair_counts is not None else 'probability'}")
   fig.suptitle(f"ST model: P(transit time | earlier camera \u2192 later camera), "
                f"bin {bin_text}{counts}", fontsize=9)
   # Fixed margins: tight_layout and a tight bounding box measure every tick label of

@@ -51,6 +51,18 @@ class RerankParams:
       raise ValueError(f"lambda_value must be in [0, 1], got {self.lambda_value}")
 
 
+def neighbourhood_problems(params: RerankParams, num_items: int) -> list[str]:
+  """What is wrong with k1 and k2 for ``num_items`` items (query + gallery, ranked
+  together): k1 neighbours besides the item itself, and k2 neighbours, must exist."""
+  problems = []
+  if params.k1 > num_items - 1:
+    problems.append(f"k1={params.k1}: expected at most {num_items - 1} (one less than the "
+                    f"{num_items} query and gallery items re-ranking ranks together)")
+  if params.k2 > num_items:
+    problems.append(f"k2={params.k2}: expected at most the {num_items} query and gallery items")
+  return problems
+
+
 def half_k1(k1: int) -> int:
   """round(k1 / 2), the neighbourhood of the expansion candidates (numpy's rounding:
   halves to even, as the published code's ``np.around``)."""

@@ -23,11 +23,16 @@ import dataclasses
 import hashlib
 import json
 import math
+import zipfile
 
 import numpy as np
 import scipy.ndimage
 
+from jreid import errors
 from jreid import files
+
+# The largest ST table fitted: C x C x H float64 values (the fit holds a few of them).
+MAX_TABLE_BYTES = 2 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,14 +123,22 @@ class STModel:
   @classmethod
   def load(cls, path: str) -> "STModel":
     """Reads a model written by ``save`` (files from before camera names still load)."""
-    f = files.load_npz(path)
+    expected = "expected an ST model written by STModel.save (st_model.npz)"
+    try:
+      f = files.load_npz(path)
+    except zipfile.BadZipFile:
+      raise errors.InputError(f"{path!r} is not an .npz file: {expected}") from None
     if "table" not in f or "meta" not in f:
-      raise ValueError(f"{path!r}: expected an ST model written by STModel.save "
-                       f"(keys 'table' and 'meta'), found {sorted(f)}")
-    meta = json.loads(str(f["meta"]))
-    meta["camera_names"] = tuple(str(c) for c in meta.get("camera_names", ()))
-    return cls(table=f["table"], params=STParams(**meta.pop("params")),
-               pair_counts=f["pair_counts"] if "pair_counts" in f else None, **meta)
+      raise errors.InputError(f"{path!r}: {expected}, with the keys 'table' and 'meta'; "
+                              f"found {sorted(f)}")
+    try:
+      meta = json.loads(str(f["meta"]))
+      meta["camera_names"] = tuple(str(c) for c in meta.get("camera_names", ()))
+      return cls(table=f["table"], params=STParams(**meta.pop("params")),
+                 pair_counts=f["pair_counts"] if "pair_counts" in f else None, **meta)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+      raise errors.InputError(f"{path!r}: its 'meta' is not an ST model's ({e}): "
+                              f"{expected}") from None
 
 
 def mean_time_per_identity_camera(labels: np.ndarray, cameras: np.ndarray,
@@ -190,14 +203,17 @@ def transit_histograms(person_ids: np.ndarray, cameras: np.ndarray, times: np.nd
   return hist, int(in_range.sum()), int((~in_range).sum())
 
 
-def gaussian_taps(sigma: float, truncate: float = 3.0) -> np.ndarray:
-  """G(d) = exp(-d^2 / (2 sigma^2)) / (sigma sqrt(2 pi)) for d = -D..D, D = floor(truncate sigma).
+def gaussian_taps(sigma: float, truncate: float = 3.0, max_half: int | None = None
+                  ) -> np.ndarray:
+  """G(d) = exp(-d^2 / (2 sigma^2)) / (sigma sqrt(2 pi)) for d = -D..D, D = floor(truncate sigma)
+  (at most ``max_half``).
 
   Not renormalised, as in the reference. float64 [2D + 1].
   """
   if sigma == 0:
     return np.ones(1)
-  half = int(math.floor(truncate * sigma))
+  half = truncate * sigma
+  half = int(math.floor(half if max_half is None else min(half, max_half)))
   d = np.arange(-half, half + 1, dtype=np.float64)
   return 1.0 / (sigma * math.sqrt(2 * math.pi)) * np.exp(-(d ** 2) / (2 * sigma ** 2))
 
@@ -208,9 +224,25 @@ def normalise_bins(hist: np.ndarray, eps: float) -> np.ndarray:
 
 
 def smooth_bins(hist: np.ndarray, sigma: float, truncate: float = 3.0) -> np.ndarray:
-  """Gaussian smoothing along the last axis with zero padding ('same' convolution)."""
-  taps = gaussian_taps(sigma, truncate)
+  """Gaussian smoothing along the last axis with zero padding ('same' convolution).
+
+  Taps further than H - 1 bins from the centre only ever meet the zero padding, so a
+  kernel wider than that (a huge sigma or truncate) is cut there: the same values, at
+  a cost bounded by H."""
+  taps = gaussian_taps(sigma, truncate, max_half=hist.shape[-1] - 1)
   return scipy.ndimage.convolve1d(hist, taps, axis=-1, mode="constant", cval=0.0)
+
+
+def check_table_size(num_cameras: int, num_bins: int) -> None:
+  """Raises errors.InputError, before anything is allocated, when the ST table of
+  ``num_cameras`` x ``num_cameras`` x ``num_bins`` float64 would exceed MAX_TABLE_BYTES."""
+  size = float(num_cameras) * num_cameras * num_bins * 8
+  if size > MAX_TABLE_BYTES:
+    raise errors.InputError(
+        f"ST model: {num_cameras} cameras x {num_cameras} x {num_bins} bins would take "
+        f"{size / 2**30:,.1f} GiB, above the {MAX_TABLE_BYTES / 2**30:g} GiB bound: camera "
+        f"numbers run up to {num_cameras} (the table has a row per number up to the largest; "
+        f"check for a stray camera number), and st.num_bins={num_bins}")
 
 
 def fit(person_ids: np.ndarray, cameras: np.ndarray, times: np.ndarray,
@@ -233,6 +265,7 @@ def fit(person_ids: np.ndarray, cameras: np.ndarray, times: np.ndarray,
   if num_cameras is None:
     num_cameras = (len(camera_names) if camera_names else
                    int(cameras.max()) + 1 if cameras.size else 1)
+  check_table_size(num_cameras, params.num_bins)
   hist, used, out = transit_histograms(person_ids, cameras, times, num_cameras, params)
   pair_counts = hist.sum(axis=-1).round().astype(np.int64)
   prob = normalise_bins(hist, params.eps)

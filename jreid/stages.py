@@ -61,7 +61,15 @@ from jreid.models import resnet
 
 RESULTS_FILE = "results.json"
 ST_MODEL_FILE = "st_model.npz"
+ST_PLOT_FILE = "st_distributions.png"
 FEATURES_FILE = "features.npz"
+CMC_FILE, CMC_PLOT_FILE, RANKED_LISTS_PLOT_FILE = "cmc.json", "cmc.png", "ranked_lists.png"
+# What an evaluation writes, every time it runs.
+EVALUATION_FILES = (RESULTS_FILE, CMC_FILE, CMC_PLOT_FILE, search_lib.RANK_LISTS_FILE,
+                    RANKED_LISTS_PLOT_FILE)
+# Every product a job may leave in its workdir (besides stamps and the prepared data).
+PRODUCTS = EVALUATION_FILES + (ST_MODEL_FILE, ST_PLOT_FILE, FEATURES_FILE, "checkpoints",
+                               "export")
 # Sections of a training config that shape the trained model and its features.
 TRAINING_SECTIONS = ("data", "model", "optimizer", "augment", "loss", "train")
 
@@ -365,7 +373,7 @@ def extract(config, workdir: str, builder, data_digest: str, trained: Trained, m
   query, gallery = sets
   if sharding.is_main_process():
     feature_files.save_features(path, query, gallery)
-  stamps.write(workdir, "extract", wanted, step=trained.step)
+  stamps.write(workdir, "extract", wanted, products=(FEATURES_FILE,), step=trained.step)
   return query, gallery
 
 
@@ -397,13 +405,14 @@ def fit_st(train: records_lib.Records, num_cameras: int, config, workdir: str
                "fitted in %.2f s", model.num_identities, model.num_pair_counts,
                model.num_out_of_range, time.time() - start)
   write_st_model(model, workdir, config.st.fps)
-  stamps.write(workdir, "fit_st", wanted)
+  stamps.write(workdir, "fit_st", wanted, products=(ST_MODEL_FILE,))
   return model
 
 
 def write_st_model(model: st_lib.STModel, workdir: str, ticks_per_second: float) -> None:
-  """Warns of the transits the fit left out, then writes st_model.npz and
-  st_distributions.png (main process). Every job that fits an ST model ends with this."""
+  """Warns of the transits the fit left out, then writes st_model.npz (main process).
+  Every job that fits an ST model ends its fit with this, and draws the model with
+  ``plot_st_model`` once its results are written."""
   if model.num_out_of_range:
     width = model.params.bin_width
     span = (f"{width / ticks_per_second:g} s ({width} ticks)" if ticks_per_second else
@@ -413,13 +422,33 @@ def write_st_model(model: st_lib.STModel, workdir: str, ticks_per_second: float)
                     "them", model.num_out_of_range, model.params.num_bins, span)
   if sharding.is_main_process():
     model.save(files.join(workdir, ST_MODEL_FILE))
+
+
+def plot_st_model(model: st_lib.STModel, workdir: str, ticks_per_second: float) -> None:
+  """st_distributions.png of the ST model (main process; ``plots.plot_st_distributions``)."""
+  if sharding.is_main_process():
+    start = time.time()
     plots.plot_st_distributions(model.table, model.params.bin_width,
-                                files.join(workdir, "st_distributions.png"),
+                                files.join(workdir, ST_PLOT_FILE),
                                 ticks_per_second=ticks_per_second, pair_counts=model.pair_counts,
                                 camera_names=model.camera_names or None)
+    log_written([ST_PLOT_FILE], start)
+
+
+def log_written(products: list[str], start: float) -> None:
+  """Logs what a stage wrote and the seconds it took (``benchmarks/eval_features.py``
+  adds these up against the job's time)."""
+  logging.info("wrote %s in %.2f s", ", ".join(products), time.time() - start)
 
 
 # ----------------------------------------------------------------------------- evaluate
+
+def run_info(config: ml_collections.ConfigDict) -> dict:
+  """What produced a results file: the job, the digest of the whole config and jreid's
+  commit (``+changes`` when the checkout has uncommitted changes; None outside git)."""
+  return dict(job=config.job, config_digest=stamps.digest(config.to_dict()),
+              jreid_commit=stamps.commit())
+
 
 def evaluate(query: records_lib.Records, gallery: records_lib.Records, st_model: st_lib.STModel,
              config, workdir: str, writer: progress.MetricWriter | None = None,
@@ -434,6 +463,10 @@ def evaluate(query: records_lib.Records, gallery: records_lib.Records, st_model:
   """
   chosen = methods(config)
   evaluate_lib.check_inputs(query, gallery, st_model)
+  if any(evaluate_lib.METHODS[m].rerank for m in chosen):
+    problems = rerank_lib.neighbourhood_problems(rerank_params(config), len(query) + len(gallery))
+    if problems:
+      raise errors.InputError("; ".join(f"rerank.{p}" for p in problems))
   # The rank lists come from the evaluation's own score tiles (every process runs the
   # same kernels; the main one writes).
   ranks, top = evaluate_lib.method_ranks(
@@ -442,16 +475,23 @@ def evaluate(query: records_lib.Records, gallery: records_lib.Records, st_model:
       budget_elements=config.eval.budget_elements,
       top_k=config.eval.top_k if rank_lists else 0)
   found = {m: metrics.retrieval_metrics(r, config.eval.max_rank) for m, r in ranks.items()}
+  # The earlier run's evaluation files go first: none stands as this run's.
+  stamps.retire(workdir, (RESULTS_FILE, CMC_FILE, CMC_PLOT_FILE) + (
+      (search_lib.RANK_LISTS_FILE, RANKED_LISTS_PLOT_FILE) if rank_lists else ()))
   results = {kind: found[kind].summary() for kind in chosen}
   curves = {kind: found[kind].cmc for kind in chosen}
   if sharding.is_main_process():
-    files.write_json(files.join(workdir, RESULTS_FILE), results)
-    files.write_json(files.join(workdir, "cmc.json"), {k: v.tolist() for k, v in curves.items()})
-    plots.plot_cmc(curves, files.join(workdir, "cmc.png"))
+    start = time.time()
+    files.write_json(files.join(workdir, RESULTS_FILE), dict(results, run=run_info(config)))
+    files.write_json(files.join(workdir, CMC_FILE), {k: v.tolist() for k, v in curves.items()})
+    plots.plot_cmc(curves, files.join(workdir, CMC_PLOT_FILE))
+    written = [RESULTS_FILE, CMC_FILE, CMC_PLOT_FILE]
     if top is not None:
       search_lib.write_rank_lists(files.join(workdir, search_lib.RANK_LISTS_FILE),
                                   search_lib.rank_lists(top, query, gallery),
                                   time_unit="frames")
+      written.append(search_lib.RANK_LISTS_FILE)
+    log_written(written, start)
     if writer is not None:
       writer.scalars(step, {f"eval/{kind}/{k}": r[k] for kind, r in results.items()
                             for k in ("rank1", "mAP", "mINP")})
@@ -467,6 +507,7 @@ def pictures(config, builder, query: records_lib.Records, gallery: records_lib.R
   n = min(config.eval.ranked_list_queries, len(query))
   if n == 0 or not sharding.is_main_process():
     return None
+  start = time.time()
   picks = np.linspace(0, len(query) - 1, n).astype(int)
   shown = np.unique(top.index[picks, :10])
   # The picture reads images by name: each row is named "<split>/<row>".
@@ -475,9 +516,11 @@ def pictures(config, builder, query: records_lib.Records, gallery: records_lib.R
                  for i, x in market1501.decoded_images(builder, "gallery", shown).items()})
   rows = lambda r, split: dataclasses.replace(
       r, names=np.asarray([f"{split}/{i}" for i in range(len(r))]))
-  return search_lib.ranked_list_picture(top, rows(query, "query"), rows(gallery, "gallery"),
-                                        files.join(workdir, "ranked_lists.png"), images.__getitem__,
-                                        num_queries=n, k=10)
+  path = search_lib.ranked_list_picture(top, rows(query, "query"), rows(gallery, "gallery"),
+                                        files.join(workdir, RANKED_LISTS_PLOT_FILE),
+                                        images.__getitem__, num_queries=n, k=10)
+  log_written([RANKED_LISTS_PLOT_FILE], start)
+  return path
 
 
 def load_features_file(path: str, num_parts: int

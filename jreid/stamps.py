@@ -1,10 +1,14 @@
 """The one reuse rule of a workdir's products: stage stamps.
 
 A stage writes its products, then its stamp ``<workdir>/stages/<stage>.json``: the
-digest of the inputs that shape the products (``digest_of``), the stage's version
-and when it was written. A product is reused only when its stage's stamp holds the
-digest of the inputs now and every product file exists (``is_current``); otherwise
+digest of the inputs that shape the products (``digest_of``), the stage's version,
+the digest of each product file's content, and when it was written. A product is
+reused only when its stage's stamp holds the digest of the inputs now and every
+product file still has the content the stamp recorded (``is_current``); otherwise
 the stage runs again. A stage cut short has written no stamp, so it is redone.
+
+A workdir belongs to one job (``claim``: ``stages/job.json``): a job never runs in,
+reuses or overwrites the products of another job's workdir.
 
 ``VERSIONS`` numbers each stage's meaning: a stage's version goes up when the same
 settings come to give other products, and the version enters the stage's digest,
@@ -17,13 +21,18 @@ stage's inputs are.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
+import subprocess
 import time
 from typing import Any
 
+from absl import logging
 import numpy as np
 
+from jreid import errors
 from jreid import files
 from jreid import sharding
 
@@ -71,17 +80,100 @@ def stamp_version(stamp: dict) -> int:
   return int(stamp.get("version", 1))
 
 
+def content_digest(p: str) -> str:
+  """sha1 of a file's bytes."""
+  h = hashlib.sha1()
+  with files.path(p).open("rb") as f:
+    for block in iter(lambda: f.read(1 << 24), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
 def is_current(workdir: str, stage: str, wanted: str, *products: str) -> bool:
-  """True when every product exists and the stage's stamp has the digest ``wanted``."""
+  """True when the stage's stamp has the digest ``wanted`` and every product (a file
+  name in the workdir) exists with the content the stamp recorded."""
   stamp = read(workdir, stage)
-  return (stamp is not None and stamp.get("digest") == wanted
-          and all(files.exists(files.join(workdir, p)) for p in products))
+  if stamp is None or stamp.get("digest") != wanted:
+    return False
+  recorded = stamp.get("products", {})
+  for p in products:
+    full = files.join(workdir, p)
+    if p not in recorded or not files.exists(full) or content_digest(full) != recorded[p]:
+      return False
+  return True
 
 
-def write(workdir: str, stage: str, wanted: str, **info) -> None:
-  """Records (main process) that the stage's products now come from inputs with
-  digest ``wanted``; ``info`` is kept beside it."""
+def write(workdir: str, stage: str, wanted: str, products: tuple[str, ...] = (),
+          **info) -> None:
+  """Records (main process) that the stage's ``products`` (file names in the workdir,
+  written already) now come from inputs with digest ``wanted``, with each file's
+  content digest; ``info`` is kept beside them."""
   if sharding.is_main_process():
+    contents = {p: content_digest(files.join(workdir, p)) for p in products}
     files.write_json(path(workdir, stage),
-                     dict(digest=wanted, version=version(stage),
+                     dict(digest=wanted, version=version(stage), products=contents,
                           written=time.strftime("%Y-%m-%d %H:%M:%S"), **info))
+
+
+OWNER_FILE = "job.json"
+
+
+def claim(workdir: str, job: str, products: tuple[str, ...]) -> None:
+  """Makes ``workdir`` the job's, or stops: a workdir holds the products of one job.
+
+  Raises errors.InputError when ``stages/job.json`` names another job, or when the
+  workdir holds any of ``products`` (or stamps) but no record of its job (written by
+  hand, or by a jreid before job records).
+  """
+  owner_path = files.join(workdir, STAMPS_DIR, OWNER_FILE)
+  if files.exists(owner_path):
+    owner = files.read_json(owner_path).get("job")
+    if owner != job:
+      raise errors.InputError(
+          f"{workdir} holds the products of the {owner} job ({owner_path}); the {job} job "
+          f"would replace or reuse them: use another workdir")
+    return
+  found = [p for p in products if files.exists(files.join(workdir, p))]
+  stamps_dir = files.join(workdir, STAMPS_DIR)
+  if files.exists(stamps_dir):
+    found += [files.join(STAMPS_DIR, n) for n in sorted(files.listdir(stamps_dir))]
+  if found:
+    raise errors.InputError(
+        f"{workdir} holds {', '.join(found[:4])}{' ...' if len(found) > 4 else ''} with no "
+        f"record of the job that wrote them ({owner_path}): use another workdir")
+  sharding.sync("jreid: workdir checked")  # every process looked before it is claimed
+  if sharding.is_main_process():
+    files.write_json(owner_path, dict(job=job, written=time.strftime("%Y-%m-%d %H:%M:%S")))
+  sharding.sync("jreid: workdir claimed")
+
+
+@functools.cache
+def commit() -> str | None:
+  """jreid's git commit (``+changes`` with uncommitted changes), None outside a checkout."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  git = lambda *args: subprocess.run(["git", "-C", root, *args], capture_output=True,
+                                     text=True, timeout=30)
+  try:
+    head = git("rev-parse", "HEAD")
+    if head.returncode:
+      return None
+    changed = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return head.stdout.strip() + ("+changes" if changed else "")
+
+
+def retire(workdir: str, products: tuple[str, ...]) -> list[str]:
+  """Removes (main process) an earlier run's ``products`` that this run writes anew,
+  so that none stands as this run's when it writes less or stops early; returns them."""
+  found = [p for p in products if files.exists(files.join(workdir, p))]
+  if found and sharding.is_main_process():
+    for p in found:
+      full = files.path(files.join(workdir, p))
+      if full.is_dir():
+        full.rmtree()
+      else:
+        full.unlink()
+    logging.info("removed the earlier run's %s (this run writes them anew)", ", ".join(found))
+  sharding.sync("jreid: earlier products retired")
+  return found

@@ -138,6 +138,10 @@ def _fps_of(fps: float | Mapping[str, float], camera: str, where: str) -> float:
   return float(value)
 
 
+# The largest identity: person ids are int64 and int32 on the device.
+MAX_PERSON_ID = 2 ** 31 - 1
+
+
 def read_table(path: str, fps: float | Mapping[str, float] | None = None,
                check_images: bool = True, require_labels: bool = False) -> Table:
   """Reads and validates a tracks table.
@@ -185,7 +189,15 @@ def read_table(path: str, fps: float | Mapping[str, float] | None = None,
   folder = os.path.dirname(path)
   lines, images, pids, cams, secs, splits = [], [], [], [], [], []
   form, form_line = None, 0
-  for row in reader:
+  rows = iter(reader)
+  while True:
+    try:
+      row = next(rows)
+    except StopIteration:
+      break
+    except csv.Error as e:  # e.g. a field longer than csv's limit (131,072 characters)
+      raise TracksError(f"{path}: line {reader.line_num}: not a CSV row ({e}); expected "
+                        f"short fields (camera names, times, ids, image paths)") from None
     line = reader.line_num
     if not row or all(not c.strip() for c in row):
       continue  # blank lines
@@ -196,6 +208,9 @@ def read_table(path: str, fps: float | Mapping[str, float] | None = None,
     camera = cell("camera")
     if not camera:
       raise TracksError(f"{_where(path, line, 'camera')}: empty; expected a camera name")
+    if not camera.isprintable():
+      raise TracksError(f"{_where(path, line, 'camera')}: {camera!r} holds control "
+                        f"characters (a NUL byte, a tab); expected a printable camera name")
     row_form, seconds = _parse_time(cell("time"), _where(path, line, "time"))
     if fps is not None:
       if row_form != "seconds":
@@ -215,9 +230,9 @@ def read_table(path: str, fps: float | Mapping[str, float] | None = None,
       except ValueError:
         raise TracksError(f"{_where(path, line, 'person_id')}: {text!r} is not an integer "
                           f"identity (leave the column out for an unlabelled table)") from None
-      if pid < -1:
+      if pid < -1 or pid > MAX_PERSON_ID:
         raise TracksError(f"{_where(path, line, 'person_id')}: {pid}; expected an identity "
-                          f">= 1, or -1 (junk) or 0 (distractor)")
+                          f"from 1 to {MAX_PERSON_ID}, or -1 (junk) or 0 (distractor)")
       pids.append(pid)
     if "split" in col:
       split = cell("split").lower()
@@ -282,6 +297,12 @@ def _check_images(table: Table) -> None:
     raise TracksError(f"{_where(table.path, int(table.lines[i]), 'image')}: "
                       f"{str(table.images[i])!r} does not exist ({len(missing)} of {len(table)} "
                       f"images missing); paths are relative to the table's folder or absolute")
+  folders = [i for i, image in enumerate(table.images) if files.isdir(image)]
+  if folders:
+    i = folders[0]
+    raise TracksError(f"{_where(table.path, int(table.lines[i]), 'image')}: "
+                      f"{str(table.images[i])!r} is a folder ({len(folders)} of {len(table)} "
+                      f"image paths are); expected an image file")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -274,32 +274,72 @@ class CheckpointMismatch(ValueError):
   """A checkpoint whose tree is not this state's (other settings, or an older jreid)."""
 
 
-def restore_or_init(mngr: ocp.CheckpointManager, state, mesh) -> tuple[Any, int]:
-  """The latest checkpoint's state (replicated on the mesh) and its step, else (state, 0)."""
+def restore_or_init(mngr: ocp.CheckpointManager, state, mesh, set_aside_damaged: bool = True
+                    ) -> tuple[Any, int]:
+  """The latest intact checkpoint's state (replicated on the mesh) and its step, else
+  (state, 0).
+
+  A checkpoint with files missing (a copy cut short, a deleted ``_METADATA``) is
+  damaged, not of other settings: it is reported by step, and the latest intact one
+  is restored. With ``set_aside_damaged`` (a training run) damaged step folders are
+  renamed ``<step>.damaged`` so that the run can write those steps again.
+  """
   state = jax.device_put(state, sharding.replicated(mesh))
-  step = mngr.latest_step()
-  if step is None:
-    return state, 0
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
       nnx.to_pure_dict(state))
-  saved = mngr.item_metadata(step)
-  saved_keys = sorted(saved.keys()) if hasattr(saved, "keys") else None
-  if saved_keys is not None and saved_keys != sorted(abstract.keys()):
+  damaged = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    saved = mngr.item_metadata(step)
+    if saved is None:
+      damaged.append((step, "no metadata"))
+      continue
+    saved_keys = sorted(saved.keys()) if hasattr(saved, "keys") else None
+    if saved_keys is not None and saved_keys != sorted(abstract.keys()):
+      raise CheckpointMismatch(
+          f"the checkpoint of step {step} in {mngr.directory} holds {saved_keys}, not "
+          f"{sorted(abstract.keys())} (written by an older jreid): use a new workdir or "
+          f"--config.overwrite=True")
+    try:
+      restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    except (FileNotFoundError, OSError) as e:
+      damaged.append((step, str(e).splitlines()[0][:200]))
+      continue
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointMismatch(
+          f"the checkpoint of step {step} in {mngr.directory} does not fit this model "
+          f"({str(e).splitlines()[0][:200]}): use a new workdir or --config.overwrite=True"
+      ) from e
+    _report_damaged(mngr, damaged, f"resuming from step {step}", set_aside_damaged)
+    nnx.replace_by_pure_dict(state, restored)
+    logging.info("resumed from the checkpoint of step %d", step)
+    return state, step
+  if damaged and not set_aside_damaged:
     raise CheckpointMismatch(
-        f"the checkpoint of step {step} in {mngr.directory} holds {saved_keys}, not "
-        f"{sorted(abstract.keys())} (written by an older jreid): use a new workdir or "
-        f"--config.overwrite=True")
-  try:
-    restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-  except (ValueError, KeyError, TypeError) as e:
-    raise CheckpointMismatch(
-        f"the checkpoint of step {step} in {mngr.directory} does not fit this model "
-        f"({str(e).splitlines()[0][:200]}): use a new workdir or --config.overwrite=True"
-    ) from e
-  nnx.replace_by_pure_dict(state, restored)
-  logging.info("resumed from the checkpoint of step %d", step)
-  return state, step
+        f"every checkpoint in {mngr.directory} is damaged (steps "
+        f"{', '.join(str(s) for s, _ in damaged)}; step {damaged[0][0]}: {damaged[0][1]}): "
+        f"train the model again")
+  _report_damaged(mngr, damaged, "training from the start", set_aside_damaged)
+  return state, 0
+
+
+def _report_damaged(mngr: ocp.CheckpointManager, damaged: list, then: str,
+                    set_aside: bool) -> None:
+  if not damaged:
+    return
+  where = os.fspath(mngr.directory)
+  logging.warning("checkpoints of steps %s in %s are damaged (step %d: %s): %s%s",
+                  ", ".join(str(s) for s, _ in damaged), where, damaged[0][0], damaged[0][1],
+                  then, "; they are set aside as <step>.damaged" if set_aside else "")
+  if set_aside:
+    if sharding.is_main_process():
+      for step, _ in damaged:
+        target, n = files.join(where, f"{step}.damaged"), 1
+        while files.exists(target):
+          target, n = files.join(where, f"{step}.damaged.{n}"), n + 1
+        files.path(files.join(where, str(step))).rename(target)
+    sharding.sync("jreid: damaged checkpoints set aside")
+    mngr.reload()
 
 
 @dataclasses.dataclass
@@ -386,5 +426,5 @@ def restore_trained(workdir: str, params: TrainParams, num_classes: int,
     raise FileNotFoundError(f"{workdir}: no checkpoint; expected a trained workdir")
   graphdef, state = create_train_state(dataclasses.replace(params, imagenet=""), num_classes,
                                        steps_per_epoch)
-  state, step = restore_or_init(mngr, state, mesh)
+  state, step = restore_or_init(mngr, state, mesh, set_aside_damaged=False)
   return TrainResult(graphdef, state, step)

@@ -16,6 +16,7 @@ import ml_collections
 from jreid import errors
 from jreid import evaluate as evaluate_lib
 from jreid import names as names_lib
+from jreid import st as st_lib
 from jreid import stages
 from jreid.data import options as data_options
 from jreid.models import heads
@@ -46,7 +47,9 @@ def _number(problems: list[str], field: str, value, low=None, high=None, *, inte
 def _st_and_eval(config: ml_collections.ConfigDict, problems: list[str]) -> None:
   s = config.st
   _number(problems, "st.bin_width", s.bin_width, 0, low_open=True, integer=True)
-  _number(problems, "st.num_bins", s.num_bins, 0, low_open=True, integer=True)
+  # Even two cameras' table of that many bins would exceed the ST table bound.
+  _number(problems, "st.num_bins", s.num_bins, 0, st_lib.MAX_TABLE_BYTES // (2 * 2 * 8),
+          low_open=True, integer=True)
   _number(problems, "st.sigma", s.sigma, 0)
   _number(problems, "st.truncate", s.truncate, 0, low_open=True)
   _number(problems, "st.eps", s.eps, 0, low_open=True)
@@ -58,6 +61,14 @@ def _st_and_eval(config: ml_collections.ConfigDict, problems: list[str]) -> None
   if unknown or not e.methods:
     problems.append(f"eval.methods={tuple(e.methods)!r}: expected some of "
                     f"{tuple(evaluate_lib.METHODS)}")
+  elif len(set(e.methods)) < len(e.methods):
+    twice = sorted({m for m in e.methods if list(e.methods).count(m) > 1})
+    problems.append(f"eval.methods={tuple(e.methods)!r}: {', '.join(twice)} named more than "
+                    f"once; expected each method once")
+  elif not config.rerank.enabled and all(evaluate_lib.METHODS[m].rerank for m in e.methods):
+    problems.append(f"eval.methods={tuple(e.methods)!r}: only re-ranking methods, with "
+                    f"rerank.enabled=False nothing would be evaluated; expected a method "
+                    f"without re-ranking or rerank.enabled=True")
   _number(problems, "eval.budget_elements", e.budget_elements, 1, integer=True)
   _number(problems, "eval.max_rank", e.max_rank, 1, integer=True)
   _number(problems, "eval.top_k", e.top_k, 1, integer=True)

@@ -15,6 +15,7 @@ from experiments import market1501_gpu
 from experiments import market1501_tpu
 from jreid import files
 from jreid import jobs
+from jreid import stages
 from jreid import validation
 from jreid.data import synthetic
 import test_eval_features
@@ -43,7 +44,8 @@ def test_features_job_reads_and_writes_gs_paths(tmp_path):
   with fake_gcs(local_root):
     remote = jobs.run(config, "gs://bucket/work")
     assert files.exists("gs://bucket/work/results.json")
-  assert json.loads((bucket / "work" / "results.json").read_text()) == remote
+  assert json.loads((bucket / "work" / "results.json").read_text()) == dict(
+      remote, run=stages.run_info(config))
   for f in ("cmc.png", "cmc.json", "st_model.npz", "st_distributions.png"):
     assert (bucket / "work" / f).stat().st_size > 0
   config.features, config.train_dir = str(bucket / "features.npz"), str(train_dir)

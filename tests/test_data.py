@@ -281,9 +281,20 @@ def test_pk_needs_ids_per_batch_identities_in_every_shard(builder):
   data = pipeline.TrainData(builder, global_batch=8, transfer_size=(32, 16))
   many = data.num_classes + 1
   with pytest.raises(ValueError, match=f"train shard 0 of 1 holds {data.num_classes} "
-                     f"identities; pk sampling needs at least ids_per_batch = {many}"):
+                     f"identities; pk sampling needs at least data.ids_per_batch = {many}"):
     pipeline.TrainData(builder, global_batch=many, transfer_size=(32, 16), sampler="pk",
                        ids_per_batch=many, images_per_id=1)
+
+
+def test_a_batch_larger_than_a_shard_names_the_fields(builder):
+  """One line naming train.batch_size and data.shards (a ValueError traceback before)."""
+  from jreid import errors  # pylint: disable=g-import-not-at-top
+  data = pipeline.TrainData(builder, global_batch=8, transfer_size=(32, 16))
+  n = data.num_images
+  with pytest.raises(errors.InputError, match=rf"a train shard holds {n // 2} images, fewer "
+                     rf"than one shard batch of {n} \(train.batch_size {2 * n} over 2 shards\): "
+                     rf"expected train.batch_size at most {2 * (n // 2)}, or fewer data.shards"):
+    pipeline.TrainData(builder, global_batch=2 * n, transfer_size=(32, 16), num_shards=2)
 
 
 def test_eval_batches_cover_every_example_once(builder):

@@ -208,3 +208,42 @@ def test_empty_train_folder_and_missing_file(tmp_path):
     jobs.run(_config(features, empty), str(tmp_path / "w"))
   with pytest.raises(FileNotFoundError, match="nope.npz"):
     jobs.run(_config(tmp_path / "nope.npz", empty), str(tmp_path / "w"))
+
+
+def test_a_workdir_holds_the_products_of_one_job(tmp_path):
+  """A search (or a training job) in the features job's workdir would replace its
+  st_model.npz and stamps, which the features job would then reuse: it is refused, and
+  nothing in the workdir changes."""
+  from experiments import search as search_config  # pylint: disable=g-import-not-at-top
+  from experiments import tiny  # pylint: disable=g-import-not-at-top
+  train_dir, arrays = make_case(tmp_path, seed=2)
+  features = tmp_path / "f.npz"
+  np.savez(features, **arrays)
+  workdir = tmp_path / "w"
+  first = jobs.run(_config(features, train_dir, compilation_cache_dir=""), str(workdir))
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  search = search_config.get_config()
+  search.tracks.train = search.tracks.query = str(tmp_path / "tracks.csv")
+  search.features, search.compilation_cache_dir = str(features), ""
+  with pytest.raises(errors.InputError, match=r"holds the products of the evaluate_features "
+                     r"job .*; the search job would replace or reuse them: use another workdir"):
+    jobs.run(search, str(workdir))
+  training = tiny.get_config()
+  training.compilation_cache_dir = ""
+  with pytest.raises(errors.InputError, match="the train_and_evaluate job would replace"):
+    jobs.run(training, str(workdir))
+  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+  assert jobs.run(_config(features, train_dir, compilation_cache_dir=""), str(workdir)) == first
+
+
+def test_products_without_a_record_of_their_job_are_not_taken_over(tmp_path):
+  train_dir, arrays = make_case(tmp_path, seed=2)
+  features = tmp_path / "f.npz"
+  np.savez(features, **arrays)
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "results.json").write_text("{}")
+  with pytest.raises(errors.InputError, match=r"holds results.json with no record of the "
+                     r"job that wrote them"):
+    jobs.run(_config(features, train_dir), str(workdir))
+  assert (workdir / "results.json").read_text() == "{}"

@@ -29,7 +29,12 @@ def tiny_run(tmp_path_factory):
 def test_main_job_writes_results_and_pictures(tiny_run):
   workdir, proc = tiny_run
   results = json.loads((workdir / "results.json").read_text())
-  assert set(results) == {"visual", "st", "visual_rerank", "st_rerank"}
+  assert set(results) == {"visual", "st", "visual_rerank", "st_rerank", "run"}
+  run = results.pop("run")
+  assert run["job"] == "train_and_evaluate" and len(run["config_digest"]) == 40
+  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+  if head.returncode == 0:
+    assert run["jreid_commit"].split("+")[0] == head.stdout.strip()
   for r in results.values():
     assert set(r) >= {"rank1", "rank5", "rank10", "mAP"}
     assert 0.0 <= r["mAP"] <= 1.0 and 0.0 <= r["rank1"] <= 1.0
@@ -118,6 +123,7 @@ def test_features_file_of_the_pipeline_evaluates_the_same(tiny_run, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   a = json.loads((workdir / "results.json").read_text())
   b = json.loads((out / "results.json").read_text())
+  assert (a.pop("run")["job"], b.pop("run")["job"]) == ("train_and_evaluate", "evaluate_features")
   for kind in a:
     assert a[kind]["mAP"] == pytest.approx(b[kind]["mAP"], abs=1e-6)
 
@@ -153,5 +159,6 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
             == json.loads((multi / "stages" / f"{stage}.json").read_text())["digest"])
   ra = json.loads((single / "results.json").read_text())
   rb = json.loads((multi / "results.json").read_text())
+  assert ra.pop("run") == rb.pop("run")  # same config, same commit
   for kind in ra:
     assert ra[kind]["mAP"] == pytest.approx(rb[kind]["mAP"], abs=1e-6)

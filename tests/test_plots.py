@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -79,3 +81,24 @@ def test_st_distributions_axis_labels_seconds_and_pair_counts(tmp_path, figures)
   plots.plot_st_distributions(table, 100, str(tmp_path / "st2.png"))
   assert {ax.get_xlabel() for ax in figures[1].axes if ax.get_xlabel()} == {
       "transit time (frames)"}
+
+
+def test_the_st_picture_of_many_cameras_shows_the_busiest_pairs(tmp_path):
+  """60 cameras: 3,540 pairs would be a 60 x 60 grid (minutes to draw); the picture shows
+  the 30 pairs with the most training transits, most first, and is written."""
+  C = 60
+  rng = np.random.default_rng(0)
+  counts = rng.integers(0, 50, size=(C, C))
+  np.fill_diagonal(counts, 0)
+  counts[7, 3], counts[2, 9] = 1000, 999
+  table = rng.uniform(size=(C, C, 5000)).astype(np.float32)
+  pairs = plots.st_plot_pairs(table, counts)
+  assert len(pairs) == plots.ST_PLOT_MAX_PANELS and pairs[:2] == [(7, 3), (2, 9)]
+  flat = sorted(((counts[a, b], -(a * C + b)) for a in range(C) for b in range(C) if a != b),
+                reverse=True)
+  assert [counts[p] for p in pairs] == [n for n, _ in flat[:30]]
+  # Six cameras: every pair, in the C x C grid.
+  assert len(plots.st_plot_pairs(table[:6, :6], counts[:6, :6])) == 30
+  path = plots.plot_st_distributions(table, 100, str(tmp_path / "st.png"), pair_counts=counts,
+                                     ticks_per_second=25.0)
+  assert os.path.getsize(path) > 0

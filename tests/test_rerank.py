@@ -172,3 +172,18 @@ def test_nearest_items_rejects_bad_requests():
     evaluate.nearest_items(*args, None, k=2, bin_width=1, kinds=("joint",))
   with pytest.raises(ValueError, match="needs an ST table"):
     evaluate.nearest_items(*args, None, k=2, bin_width=1, kinds=("visual", "st"))
+
+
+def test_a_neighbourhood_larger_than_the_items_is_refused_at_once():
+  """k1 = 100000 on 90 items would size the expansion sets by k1 (a hang): refused, naming
+  the bound; k1 = items - 1 (every other item a neighbour) is the largest allowed."""
+  query, gallery = _world(0, 20, 70)
+  run = lambda k1, k2=6: evaluate.method_ranks(
+      query, gallery, None, bin_width=100, fusion=scoring.FusionParams(),
+      methods=("visual_rerank",), rerank=rerank.RerankParams(k1, k2, 0.3))
+  with pytest.raises(ValueError, match=r"k1=100000: expected at most 89 \(one less than the 90 "
+                     r"query and gallery items"):
+    run(100000)
+  with pytest.raises(ValueError, match=r"k2=91: expected at most the 90"):
+    run(20, 91)
+  assert run(89, 90)[0]["visual_rerank"].shape[0] == len(query)

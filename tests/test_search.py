@@ -365,6 +365,21 @@ def test_search_job_from_a_features_file(tmp_path, caplog):
              f"(cam9: {unseen})" in r.getMessage() for r in caplog.records)
   lists = json.loads(open(f"{tmp_path}/search2/rank_lists.json").read())
   assert lists["camera_names"] == ["cam1", "cam2", "cam3", "cam4", "cam9"]
+  # An unlabelled search in the first (labelled) search's workdir: new rank lists, and
+  # the labelled run's results, CMC and plot are gone rather than standing as its own.
+  header, *body = open(table_path).read().splitlines()
+  drop = header.split(",").index("person_id")
+  unlabelled = tmp_path / "unlabelled.csv"
+  unlabelled.write_text("".join(",".join(c for i, c in enumerate(r.split(",")) if i != drop)
+                                + "\n" for r in [header] + body))
+  config.st_model, config.tracks.train = "", table_path
+  config.tracks.query, config.tracks.gallery = str(unlabelled), ""
+  summary = jobs.run(config, workdir)
+  assert "true_match_first" not in summary and "results" not in summary
+  for f in ("results.json", "cmc.json", "cmc.png"):
+    assert not os.path.exists(f"{workdir}/{f}"), f
+  lists = json.loads(open(f"{workdir}/rank_lists.json").read())
+  assert "match" not in lists["queries"][0]["results"][0]
 
 
 def test_extract_then_search_from_the_table_equals_the_main_job(tmp_path):
@@ -378,6 +393,7 @@ def test_extract_then_search_from_the_table_equals_the_main_job(tmp_path):
   from experiments import tiny  # pylint: disable=g-import-not-at-top
   from jreid import feature_files  # pylint: disable=g-import-not-at-top
   from jreid import jobs  # pylint: disable=g-import-not-at-top
+  from jreid import errors  # pylint: disable=g-import-not-at-top
   from jreid import names as names_lib  # pylint: disable=g-import-not-at-top
   trained = tmp_path / "trained"
   config = tiny.get_config()
@@ -389,6 +405,12 @@ def test_extract_then_search_from_the_table_equals_the_main_job(tmp_path):
   config = extract_config.get_config()
   config.trained_workdir, config.tracks.query = str(trained), table
   config.compilation_cache_dir = ""
+  # Extracting into the trained workdir itself would replace the main job's features.npz.
+  features = (trained / "features.npz").read_bytes()
+  with pytest.raises(errors.InputError, match="holds the products of the train_and_evaluate "
+                     "job .*; the extract job would replace or reuse them"):
+    jobs.run(config, str(trained))
+  assert (trained / "features.npz").read_bytes() == features
   jobs.run(config, str(tmp_path / "extract"))
   config = search_config.get_config()
   config.tracks.train = config.tracks.query = table
@@ -407,7 +429,9 @@ def test_extract_then_search_from_the_table_equals_the_main_job(tmp_path):
     np.testing.assert_allclose(ext.features[order], main.features, rtol=1e-5, atol=1e-7)
   want = json.loads((trained / "results.json").read_text())
   got = json.loads((tmp_path / "search" / "results.json").read_text())
-  assert got.keys() == want.keys() == {"visual", "st"}
+  assert got.keys() == want.keys() == {"visual", "st", "run"}
+  assert (got["run"]["job"], want["run"]["job"]) == ("search", "train_and_evaluate")
+  del got["run"], want["run"]
   for kind in want:   # the gallery order differs: sums may differ in the last bit
     assert got[kind] == {k: pytest.approx(v, rel=1e-12) for k, v in want[kind].items()}
   lists = json.loads((tmp_path / "search" / "rank_lists.json").read_text())
@@ -504,3 +528,76 @@ def test_write_json_refuses_non_finite_numbers(tmp_path):
   with pytest.raises(ValueError):
     files.write_json(str(tmp_path / "x.json"), {"a": -math.inf})
   assert not (tmp_path / "x.json").exists()
+
+
+def test_files_that_are_not_images_are_named(tmp_path):
+  """PIL (pictures) and TensorFlow (extraction) errors become one line naming the file."""
+  from jreid import errors  # pylint: disable=g-import-not-at-top
+  from jreid.data import image_files  # pylint: disable=g-import-not-at-top
+  good = tmp_path / "good.jpg"
+  Image.fromarray(np.full((8, 4, 3), 128, np.uint8)).save(good)
+  text = tmp_path / "notes.jpg"
+  text.write_text("not an image")
+  folder = tmp_path / "folder.jpg"
+  folder.mkdir()
+  assert search.load_rgb(str(good)).shape == (8, 4, 3)
+  with pytest.raises(errors.InputError, match=r"notes.jpg: not an image PIL can read"):
+    search.load_rgb(str(text))
+  with pytest.raises(errors.InputError, match=r"folder.jpg: a folder, not an image"):
+    search.load_rgb(str(folder))
+  for bad, message in ((text, r"notes.jpg: not an image \(expected JPEG, PNG"),
+                       (folder, r"folder.jpg: a folder, not an image")):
+    batches, n = image_files.batches([str(good), str(bad), str(good)], 2, (8, 4))
+    with pytest.raises(errors.InputError, match=message):
+      list(batches)
+
+
+def test_a_table_without_images_and_named_features_is_an_error(tmp_path):
+  from experiments import search as search_config  # pylint: disable=g-import-not-at-top
+  from jreid import errors  # pylint: disable=g-import-not-at-top
+  from jreid import jobs  # pylint: disable=g-import-not-at-top
+  rows = ["camera,time,person_id,split"]
+  for pid in range(1, 6):
+    rows += [f"c1,{pid * 10},{pid},query", f"c2,{pid * 10 + 5},{pid},gallery",
+             f"c1,{pid * 100},{pid},train", f"c2,{pid * 100 + 7},{pid},train"]
+  (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+  rng = np.random.default_rng(0)
+  side = lambda cam, prefix: Records(np.arange(1, 6), np.full(5, cam), np.arange(5) * 10,
+                                     rng.normal(size=(5, 4)).astype(np.float32),
+                                     np.asarray([f"{prefix}{i}.jpg" for i in range(5)]))
+  q, g = side(0, "q"), side(1, "g")
+  _features_file(str(tmp_path / "f.npz"), q, g)
+  config = search_config.get_config()
+  config.tracks.train = config.tracks.query = str(tmp_path / "t.csv")
+  config.features, config.compilation_cache_dir = str(tmp_path / "f.npz"), ""
+  with pytest.raises(errors.InputError, match=r"t.csv: no image column, so its query rows "
+                     r"cannot be matched to the named features of .*f.npz \(query_names\)"):
+    jobs.run(config, str(tmp_path / "w"))
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+  from experiments import search as search_config  # pylint: disable=g-import-not-at-top
+  from jreid import errors  # pylint: disable=g-import-not-at-top
+  from jreid import jobs  # pylint: disable=g-import-not-at-top
+  config = search_config.get_config()
+  config.tracks.train = config.tracks.query = config.features = "x"
+  (tmp_path / "w").write_text("a file")
+  with pytest.raises(errors.InputError, match=r"workdir .*w is a file: expected a folder"):
+    jobs.run(config, str(tmp_path / "w"))
+  with pytest.raises(errors.InputError, match=r"workdir .*/w/sub cannot be created"):
+    jobs.run(config, str(tmp_path / "w" / "sub"))
+
+
+def test_the_extract_job_on_a_table_without_gallery_rows_says_so(tmp_path):
+  from experiments import extract as extract_config  # pylint: disable=g-import-not-at-top
+  from jreid import errors  # pylint: disable=g-import-not-at-top
+  from jreid import jobs  # pylint: disable=g-import-not-at-top
+  for i in range(2):
+    Image.fromarray(np.full((8, 4, 3), 100, np.uint8)).save(tmp_path / f"{i}.jpg")
+  (tmp_path / "t.csv").write_text("image,camera,time,split\n0.jpg,c1,1,query\n1.jpg,c2,2,query\n")
+  config = extract_config.get_config()
+  config.trained_workdir, config.tracks.query = str(tmp_path / "trained"), str(tmp_path / "t.csv")
+  config.compilation_cache_dir = ""
+  with pytest.raises(errors.InputError, match=r"extract: no gallery rows in .*t.csv \(its split "
+                     r"column names no 'gallery' row\)"):
+    jobs.run(config, str(tmp_path / "w"))

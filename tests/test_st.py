@@ -222,3 +222,45 @@ def test_visual_lambda_zero_ranks_by_the_st_factor_alone():
                                    methods=("st",))["st"].summary()
   assert got[0.0] == got[200.0]
   assert all(np.isfinite(v) for v in got[200.0].values())
+
+
+def test_an_st_table_too_large_is_refused_before_allocating():
+  """A stray camera number 2000 would ask for a 2001 x 2001 x 5000 float64 table (149 GiB)."""
+  from jreid import errors  # pylint: disable=g-import-not-at-top
+  with pytest.raises(errors.InputError, match=r"2001 cameras x 2001 x 5000 bins would take "
+                     r"149\.2 GiB, above the 2 GiB bound: camera numbers run up to 2001"):
+    st.fit(np.array([1, 1]), np.array([0, 2000]), np.array([0, 100]))
+  with pytest.raises(errors.InputError, match=r"st.num_bins=1000000000"):
+    st.fit(np.array([1, 1]), np.array([0, 1]), np.array([0, 100]), 2,
+           st.STParams(num_bins=10 ** 9))
+
+
+def test_a_kernel_wider_than_the_table_is_cut_with_the_same_values():
+  """Taps beyond H - 1 bins only meet the zero padding: truncate 1e9 (10^11 taps) gives
+  the values of the full-width kernel, by a direct sum."""
+  rng = np.random.default_rng(0)
+  hist = rng.uniform(size=(2, 2, 40))
+  got = st.smooth_bins(hist, 50.0, 1e9)
+  d = np.arange(40)
+  kernel = np.exp(-((d[:, None] - d[None, :]) ** 2) / (2 * 50.0 ** 2)) / (50.0 * math.sqrt(2 * math.pi))
+  np.testing.assert_allclose(got, hist @ kernel.T, rtol=1e-12)
+  np.testing.assert_array_equal(st.smooth_bins(hist, 5.0, 3.0), st.smooth_bins(hist, 5.0, 3.0))
+  assert len(st.gaussian_taps(50.0, 3.0)) == 301  # the reference's kernel is unchanged
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"table,meta\n1,2\n", r"is not an .npz file: expected an ST model written by STModel.save"),
+    ("no_meta", r"with the keys 'table' and 'meta'; found \['table'\]"),
+    ("bad_meta", r"its 'meta' is not an ST model's"),
+])
+def test_a_bad_st_model_file_names_the_file(tmp_path, content, message):
+  from jreid import errors  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "st_model.npz"
+  if content == "no_meta":
+    np.savez(path, table=np.zeros((2, 2, 3)))
+  elif content == "bad_meta":
+    np.savez(path, table=np.zeros((2, 2, 3)), meta=np.asarray('{"params": 3}'))
+  else:
+    path.write_bytes(content)
+  with pytest.raises(errors.InputError, match=message):
+    st.STModel.load(str(path))

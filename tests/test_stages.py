@@ -59,13 +59,29 @@ def test_stamps_and_the_reuse_rule(tmp_path):
   workdir = str(tmp_path)
   assert not stamps.is_current(workdir, "fit_st", "abc")
   (tmp_path / "st_model.npz").write_bytes(b"x")
-  stamps.write(workdir, "fit_st", "abc", note=1)
+  stamps.write(workdir, "fit_st", "abc", products=("st_model.npz",), note=1)
   assert stamps.is_current(workdir, "fit_st", "abc", "st_model.npz")
   assert not stamps.is_current(workdir, "fit_st", "abd", "st_model.npz")
   assert not stamps.is_current(workdir, "fit_st", "abc", "missing.npz")
   assert stamps.read(workdir, "fit_st")["note"] == 1
   assert stamps.read(workdir, "fit_st")["version"] == 1
   assert stamps.digest({"a": np.arange(3)}) != stamps.digest({"a": np.arange(4)})
+
+
+def test_a_product_is_reused_only_with_the_content_its_stamp_recorded(tmp_path):
+  """Another job (or a person) replacing features.npz makes the stage stale: the stamp
+  records each product's content digest, and reuse checks it."""
+  workdir = str(tmp_path)
+  (tmp_path / "features.npz").write_bytes(b"the main job's features")
+  stamps.write(workdir, "extract", "abc", products=("features.npz",))
+  assert stamps.is_current(workdir, "extract", "abc", "features.npz")
+  (tmp_path / "features.npz").write_bytes(b"another job's features!")
+  assert not stamps.is_current(workdir, "extract", "abc", "features.npz")
+  (tmp_path / "features.npz").write_bytes(b"the main job's features")
+  assert stamps.is_current(workdir, "extract", "abc", "features.npz")
+  # A product the stamp does not record is not current either.
+  (tmp_path / "st_model.npz").write_bytes(b"x")
+  assert not stamps.is_current(workdir, "extract", "abc", "features.npz", "st_model.npz")
 
 
 def test_a_stage_version_enters_its_digest(monkeypatch):
@@ -161,6 +177,8 @@ def test_extraction_keeps_split_order_and_drops_padding():
     ("eval.max_rank", 0, r"eval.max_rank=0: expected a whole number >= 1"),
     ("rerank.lambda_value", 1.5, r"rerank.lambda_value=1.5"),
     ("eval.methods", ("visual", "nope"), r"eval.methods=.*expected some of"),
+    ("eval.methods", ("visual", "st", "visual"), r"eval.methods=\('visual', 'st', 'visual'\): "
+     r"visual named more than once; expected each method once"),
 ])
 def test_features_job_config_errors_name_the_field(field, value, message):
   config = eval_features.get_config()
@@ -172,6 +190,19 @@ def test_features_job_config_errors_name_the_field(field, value, message):
   node[key] = value
   with pytest.raises(errors.InputError, match=message):
     validation.validate(config)
+
+
+def test_re_ranking_methods_alone_without_re_ranking_are_an_error():
+  """Otherwise the job evaluates nothing: an empty table and exit 0."""
+  config = eval_features.get_config()
+  config.features, config.train_dir = "f.npz", "train"
+  config.eval.methods = ("visual_rerank", "st_rerank")
+  config.rerank.enabled = False
+  with pytest.raises(errors.InputError, match=r"only re-ranking methods, with "
+                     r"rerank.enabled=False nothing would be evaluated"):
+    validation.validate(config)
+  config.eval.methods = ("visual", "st_rerank")
+  validation.validate(config)  # "visual" is evaluated; st_rerank is left out
 
 
 def test_training_config_errors_are_listed_together():

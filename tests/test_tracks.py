@@ -84,7 +84,15 @@ def test_frames_with_per_camera_fps(tmp_path):
     ("camera,time,person_id\nc1,1,7\nc1,2,x\n", dict(check_images=False),
      r"line 3, column 'person_id': 'x' is not an integer"),
     ("camera,time,person_id\nc1,1,-3\n", dict(check_images=False),
-     r"line 2, column 'person_id': -3; expected an identity >= 1, or -1 \(junk\)"),
+     r"line 2, column 'person_id': -3; expected an identity from 1 to 2147483647, or -1 "
+     r"\(junk\)"),
+    ("camera,time,person_id\nc1,1,99999999999999999999\n", dict(check_images=False),
+     r"line 2, column 'person_id': 99999999999999999999; expected an identity from 1 to "
+     r"2147483647"),
+    ("camera,time\nc1,1\nc" + "x" * 200_000 + ",2\n", dict(check_images=False),
+     r"line 3: not a CSV row \(field larger than field limit"),
+    ("camera,time\nc1,1\nc\x002,2\n", dict(check_images=False),
+     r"line 3, column 'camera': 'c\\x002' holds control characters"),
     ("camera,time,split\nc1,1,test\n", dict(check_images=False),
      r"line 2, column 'split': 'test'; expected one of train, query, gallery"),
     ("camera,time\n,1\n", dict(check_images=False), r"line 2, column 'camera': empty"),

@@ -6,6 +6,7 @@ import signal
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
@@ -198,3 +199,27 @@ def test_a_schedule_of_less_than_one_step_is_an_error(builder, tmp_path):
   assert not (tmp_path / "stages").exists() and not (tmp_path / "checkpoints").exists()
   with pytest.raises(ValueError, match="is 0 steps: expected at least one"):
     train.train(stages.train_params(config), str(tmp_path), lambda start: iter(()), 5, 10)
+
+
+def test_a_damaged_checkpoint_is_named_and_the_latest_intact_one_restored(tmp_path, caplog):
+  """A checkpoint whose _METADATA was deleted is damaged, not of other settings (the
+  --config.overwrite advice would discard the intact earlier one): it is named and set
+  aside, the earlier step is restored, and the run can write the step again."""
+  params = stages.train_params(_config())
+  mesh = sharding.make_mesh()
+  graphdef, state = train.create_train_state(params, num_classes=5, steps_per_epoch=3)
+  mngr = train.checkpoint_manager(str(tmp_path), train.CheckpointParams(every_steps=1, keep=5))
+  for step in (3, 6):
+    mngr.save(step, args=ocp.args.StandardSave(nnx.to_pure_dict(state)), force=True)
+  mngr.wait_until_finished()
+  (tmp_path / "checkpoints" / "6" / "default" / "_METADATA").unlink()
+  _, fresh = train.create_train_state(params, num_classes=5, steps_per_epoch=3)
+  restored, step = train.restore_or_init(mngr, fresh, mesh)
+  assert step == 3
+  assert any("checkpoints of steps 6 in" in r.getMessage() and "resuming from step 3"
+             in r.getMessage() for r in caplog.records)
+  assert (tmp_path / "checkpoints" / "6.damaged").is_dir()
+  assert mngr.all_steps() == [3]
+  mngr.save(6, args=ocp.args.StandardSave(nnx.to_pure_dict(restored)), force=True)
+  mngr.wait_until_finished()
+  assert mngr.all_steps() == [3, 6]

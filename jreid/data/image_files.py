@@ -18,6 +18,8 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from jreid import errors
+from jreid import files
 from jreid.data import pipeline as data_pipeline
 
 
@@ -59,4 +61,25 @@ def batches(paths: Sequence[str], global_batch: int,
       "camera": tf.constant(0, tf.int64), "time": tf.constant(0, tf.int64),
       "index": tf.constant(-1, tf.int64), "mask": False}).repeat()
   ds = ds.concatenate(pad).take(num_batches * local).batch(local).prefetch(tf.data.AUTOTUNE)
-  return ds.as_numpy_iterator(), num_batches
+  return _naming_bad_images(ds.as_numpy_iterator(), [str(p) for p in paths[lo:hi]]), num_batches
+
+
+def _naming_bad_images(it: Iterator[dict[str, np.ndarray]], paths: Sequence[str]
+                       ) -> Iterator[dict[str, np.ndarray]]:
+  """The batches; when one does not decode, errors.InputError naming the first file of
+  this process's share (from those not yet delivered) that is not an image."""
+  done = 0
+  try:
+    for batch in it:
+      done += int(batch["mask"].sum())
+      yield batch
+  except tf.errors.OpError as e:
+    for path in paths[done:]:
+      if files.isdir(path):
+        raise errors.InputError(f"{path}: a folder, not an image") from None
+      try:
+        _decode(tf.constant(path))
+      except tf.errors.OpError as bad:
+        raise errors.InputError(f"{path}: not an image (expected JPEG, PNG, BMP or GIF: "
+                                f"{bad.message.splitlines()[0]})") from None
+    raise e

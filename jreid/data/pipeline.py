@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from jreid import errors
 from jreid.data import options
 
 TRANSFER_SIZE = (128, 64)  # Market-1501's box: height, width
@@ -257,9 +258,9 @@ class TrainData:
       self.labels[shard] = np.searchsorted(self.identities, records["id"]).astype(np.int32)
       ids_here = len(np.unique(self.labels[shard]))
       if sampler == "pk" and ids_here < ids_per_batch:
-        raise ValueError(f"train shard {shard} of {self.num_shards} holds {ids_here} "
-                         f"identities; pk sampling needs at least ids_per_batch = "
-                         f"{ids_per_batch}")
+        raise errors.InputError(
+            f"train shard {shard} of {self.num_shards} holds {ids_here} identities; pk "
+            f"sampling needs at least data.ids_per_batch = {ids_per_batch}")
     self.num_images = sum(len(v) for v in self.labels.values())
     self.steps_per_epoch = min(len(v) for v in self.labels.values()) // self.shard_batch
     if sampler == "pk" and pk_epoch == "identity_pass":
@@ -269,8 +270,12 @@ class TrainData:
         steps = int(np.min(multihost_utils.process_allgather(np.int64(steps))))
       self.steps_per_epoch = steps
     if self.steps_per_epoch == 0:
-      raise ValueError(f"a train shard has fewer images than one shard batch "
-                       f"({self.shard_batch})")
+      smallest = min(len(v) for v in self.labels.values())
+      raise errors.InputError(
+          f"a train shard holds {smallest} images, fewer than one shard batch of "
+          f"{self.shard_batch} (train.batch_size {global_batch} over {self.num_shards} shards): "
+          f"expected train.batch_size at most {smallest * self.num_shards}, or fewer "
+          f"data.shards")
     self._orders = {}
 
   def _order(self, shard: int, epoch: int) -> np.ndarray:
