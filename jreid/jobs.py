@@ -336,6 +336,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   base = tracks.time_base(*tables) if tables else None
   sides = [tracks.to_records(v, names, base) if isinstance(v, tracks.Table) else v
            for v in (sources["query"], sources["gallery"])]
+  stamps.retire(workdir, (stages.FEATURES_FILE,))  # an earlier run's: not this one's
   query, gallery = extract_images(config, *sides)
   path = files.join(workdir, stages.FEATURES_FILE)
   if sharding.is_main_process():

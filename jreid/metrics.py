@@ -203,14 +203,17 @@ def retrieval_metrics(ranks: np.ndarray, max_rank: int) -> RetrievalMetrics:
   has_good = n_good > 0
   ap, ap_plain = average_precision(ranks)
   first = ranks[:, 0] if ranks.shape[1] else np.zeros(len(ranks), np.int64)
-  cmc_rows = first[has_good, None] <= np.arange(max_rank)[None, :]
+  # CMC@k = the share of queries whose first good item ranks below k: a cumulative
+  # count of the first ranks (memory O(max_rank), not O(Q x max_rank)).
+  firsts = first[has_good]
+  counts = np.bincount(np.minimum(firsts, max_rank), minlength=max_rank + 1)[:max_rank]
   last = np.where(valid, ranks, -1).max(axis=1) if ranks.shape[1] else first
   inp = n_good / np.maximum(last + 1.0, 1.0)
   n_valid = int(has_good.sum())
   mean = lambda x: float(x[has_good].mean()) if n_valid else 0.0
   at = lambda k: mean(first < k)
   return RetrievalMetrics(
-      cmc=cmc_rows.mean(axis=0) if n_valid else np.zeros(max_rank),
+      cmc=np.cumsum(counts) / n_valid if n_valid else np.zeros(max_rank),
       mAP=mean(ap), mAP_plain=mean(ap_plain), mINP=mean(inp),
       num_queries=len(ranks), num_valid_queries=n_valid,
       ranks_1_5_10=(at(1), at(5), at(10)))

@@ -39,6 +39,7 @@ import numpy as np
 
 from jreid import errors
 from jreid import files
+from jreid import progress
 from jreid.records import Records
 
 TICKS_PER_SECOND = 1000          # Records.times of tracks tables are milliseconds
@@ -190,6 +191,8 @@ def read_table(path: str, fps: float | Mapping[str, float] | None = None,
   lines, images, pids, cams, secs, splits = [], [], [], [], [], []
   form, form_line = None, 0
   rows = iter(reader)
+  meter = progress.Progress(f"{path}: reading", max(1, text.count("\n")), unit="lines")
+  shown = False
   while True:
     try:
       row = next(rows)
@@ -199,6 +202,8 @@ def read_table(path: str, fps: float | Mapping[str, float] | None = None,
       raise TracksError(f"{path}: line {reader.line_num}: not a CSV row ({e}); expected "
                         f"short fields (camera names, times, ids, image paths)") from None
     line = reader.line_num
+    if line % 4096 == 0:
+      shown = meter.update(line) or shown
     if not row or all(not c.strip() for c in row):
       continue  # blank lines
     if len(row) != len(header):
@@ -250,6 +255,8 @@ def read_table(path: str, fps: float | Mapping[str, float] | None = None,
     lines.append(line)
     cams.append(camera)
     secs.append(seconds)
+  if shown:
+    meter.finish()
   if not lines:
     raise TracksError(f"{path}: empty table (a header but no rows); expected one row per "
                       f"detection")
@@ -268,9 +275,9 @@ def _check_duplicates(table: Table) -> None:
   """Errors on identical rows (with their count) and on one image listed twice."""
   seen: dict[tuple, int] = {}
   repeats = []
-  for i in range(len(table)):
-    key = tuple(None if x is None else x[i].item() for x in
-                (table.images, table.person_ids, table.cameras, table.seconds, table.splits))
+  columns = [[None] * len(table) if x is None else x.tolist() for x in
+             (table.images, table.person_ids, table.cameras, table.seconds, table.splits)]
+  for i, key in enumerate(zip(*columns)):
     if key in seen:
       repeats.append((int(table.lines[i]), int(table.lines[seen[key]])))
     else:
@@ -291,13 +298,20 @@ def _check_duplicates(table: Table) -> None:
 
 
 def _check_images(table: Table) -> None:
-  missing = [i for i, image in enumerate(table.images) if not files.exists(image)]
+  meter = progress.Progress(f"{table.path}: checking images", len(table), unit="images")
+  shown, missing, folders = False, [], []
+  for i, image in enumerate(table.images.tolist()):
+    if not files.isfile(image):  # one look for an image that is there
+      (folders if files.isdir(image) else missing).append(i)
+    if i % 4096 == 0:
+      shown = meter.update(i) or shown
+  if shown:
+    meter.finish()
   if missing:
     i = missing[0]
     raise TracksError(f"{_where(table.path, int(table.lines[i]), 'image')}: "
                       f"{str(table.images[i])!r} does not exist ({len(missing)} of {len(table)} "
                       f"images missing); paths are relative to the table's folder or absolute")
-  folders = [i for i, image in enumerate(table.images) if files.isdir(image)]
   if folders:
     i = folders[0]
     raise TracksError(f"{_where(table.path, int(table.lines[i]), 'image')}: "

@@ -290,10 +290,11 @@ def restore_or_init(mngr: ocp.CheckpointManager, state, mesh, set_aside_damaged:
       nnx.to_pure_dict(state))
   damaged = []
   for step in sorted(mngr.all_steps(), reverse=True):
-    saved = mngr.item_metadata(step)
-    if saved is None:
-      damaged.append((step, "no metadata"))
+    missing = _missing_files(mngr, step)
+    if missing:
+      damaged.append((step, missing))
       continue
+    saved = mngr.item_metadata(step)  # None when the manager has no handler yet
     saved_keys = sorted(saved.keys()) if hasattr(saved, "keys") else None
     if saved_keys is not None and saved_keys != sorted(abstract.keys()):
       raise CheckpointMismatch(
@@ -321,6 +322,19 @@ def restore_or_init(mngr: ocp.CheckpointManager, state, mesh, set_aside_damaged:
         f"train the model again")
   _report_damaged(mngr, damaged, "training from the start", set_aside_damaged)
   return state, 0
+
+
+def _missing_files(mngr: ocp.CheckpointManager, step: int) -> str:
+  """What orbax's layout lacks in the checkpoint of ``step`` ("" when complete): each
+  item folder of ``<step>/`` holds its ``_METADATA``."""
+  folder = files.path(files.join(os.fspath(mngr.directory), str(step)))
+  items = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+  if not items:
+    return f"{folder} holds no item folder"
+  for item in items:
+    if not (item / "_METADATA").exists():
+      return f"{item}/_METADATA is missing"
+  return ""
 
 
 def _report_damaged(mngr: ocp.CheckpointManager, damaged: list, then: str,

@@ -24,6 +24,10 @@ from jreid.models import layers
 from jreid.models import resnet
 
 
+# The longest CMC curve stored (a float per rank, for each method).
+MAX_RANK = 100_000
+
+
 def _number(problems: list[str], field: str, value, low=None, high=None, *, integer=False,
             low_open=False) -> None:
   ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -70,7 +74,7 @@ def _st_and_eval(config: ml_collections.ConfigDict, problems: list[str]) -> None
                     f"rerank.enabled=False nothing would be evaluated; expected a method "
                     f"without re-ranking or rerank.enabled=True")
   _number(problems, "eval.budget_elements", e.budget_elements, 1, integer=True)
-  _number(problems, "eval.max_rank", e.max_rank, 1, integer=True)
+  _number(problems, "eval.max_rank", e.max_rank, 1, MAX_RANK, integer=True)
   _number(problems, "eval.top_k", e.top_k, 1, integer=True)
   _number(problems, "eval.ranked_list_queries", e.ranked_list_queries, 0, integer=True)
   if "batch_size" in e:  # the jobs that run the visual model

@@ -175,6 +175,8 @@ def test_extraction_keeps_split_order_and_drops_padding():
     ("fusion.st_lambda", -2.0, r"fusion.st_lambda=-2.0"),
     ("num_parts", 0, r"num_parts=0: expected a whole number >= 1"),
     ("eval.max_rank", 0, r"eval.max_rank=0: expected a whole number >= 1"),
+    ("eval.max_rank", 10 ** 9, r"eval.max_rank=1000000000: expected a whole number >= 1 and "
+     r"<= 100000"),
     ("rerank.lambda_value", 1.5, r"rerank.lambda_value=1.5"),
     ("eval.methods", ("visual", "nope"), r"eval.methods=.*expected some of"),
     ("eval.methods", ("visual", "st", "visual"), r"eval.methods=\('visual', 'st', 'visual'\): "

@@ -191,3 +191,20 @@ def test_parse_fps():
   assert tracks.parse_fps("cam1=25, north gate=12.5") == {"cam1": 25.0, "north gate": 12.5}
   with pytest.raises(ValueError, match=r"tracks.fps: 'cam2' in 'cam1=25,cam2'; expected"):
     tracks.parse_fps("cam1=25,cam2")
+
+
+def test_reading_a_long_table_shows_progress(tmp_path, monkeypatch, caplog):
+  """Reading and checking a table are long phases at a million rows: they log progress
+  (here with progress lines every 0 s, at every 4096 lines)."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  from jreid import progress  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(tracks.progress, "Progress",
+                      functools.partial(progress.Progress, every_s=0.0))
+  caplog.set_level(logging.INFO)
+  rows = "".join(f"c{i % 3},{i}.5,{i % 50 + 1}\n" for i in range(10_000))
+  path = write(tmp_path, "camera,time,person_id\n" + rows)
+  table = tracks.read_table(path, check_images=False)
+  assert len(table) == 10_000
+  lines = [r.getMessage() for r in caplog.records if ": reading:" in r.getMessage()]
+  assert any("4096/10001 lines" in l for l in lines) and any("ETA" in l for l in lines)

@@ -213,6 +213,8 @@ def test_a_damaged_checkpoint_is_named_and_the_latest_intact_one_restored(tmp_pa
     mngr.save(step, args=ocp.args.StandardSave(nnx.to_pure_dict(state)), force=True)
   mngr.wait_until_finished()
   (tmp_path / "checkpoints" / "6" / "default" / "_METADATA").unlink()
+  # The run that resumes: a new process, a new manager.
+  mngr = train.checkpoint_manager(str(tmp_path), train.CheckpointParams(every_steps=1, keep=5))
   _, fresh = train.create_train_state(params, num_classes=5, steps_per_epoch=3)
   restored, step = train.restore_or_init(mngr, fresh, mesh)
   assert step == 3
