@@ -274,7 +274,7 @@ def check_inputs(query: records_lib.Records, gallery: records_lib.Records,
     log("evaluate: %d of %d queries are distractors or junk (id 0: %d, id -1: %d): they are "
         "never a match and are left out of the averages", unlabelled, len(query),
         int((query.person_ids == records_lib.DISTRACTOR_ID).sum()),
-        int((query.person_ids == records_lib.JUNK_ID).sum()))
+        int((query.person_ids < records_lib.DISTRACTOR_ID).sum()))
   if with_match < len(query) - unlabelled:
     log("evaluate: %d of %d queries have no true match in the gallery and are left out of "
         "the averages", len(query) - unlabelled - with_match, len(query))

@@ -48,6 +48,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes, or reuses) every stage; returns the results (also in results.json)."""
   from jreid.data import market1501  # pylint: disable=g-import-not-at-top  (TensorFlow)
   builder, data_digest = stages.prepare_data(config, workdir)
+  splits = builder.info.splits
+  stages.check_rerank_sizes(config, splits["query"].num_examples + splits["gallery"].num_examples)
   mesh = sharding.make_mesh()
   trained = stages.train(config, workdir, builder, data_digest, mesh)
   query, gallery = stages.extract(config, workdir, builder, data_digest, trained, mesh)
@@ -71,6 +73,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def evaluate_features(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """A features file + training names -> ST model -> results.json (no training)."""
   query, gallery = stages.load_features_file(config.features, config.num_parts)
+  stages.check_rerank_sizes(config, len(query) + len(gallery))
   listing = names_lib.list_image_folder(config.train_dir, config.grammar or None)
   if listing.skipped:
     logging.warning("%s: skipped %d entries that are not images: %s", config.train_dir,
@@ -90,6 +93,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ranked_lists.png; with labelled query and gallery also results.json (docs/cameras.md)."""
   model = search_st_model(config, workdir)
   sides = search_sides(config, model)
+  if sides.labelled:  # only then does it evaluate (and re-rank)
+    stages.check_rerank_sizes(config, len(sides.query) + len(sides.gallery))
   query, gallery = search_features(config, sides)
   top = search_top_k(config, query, gallery, model)
   summary = write_search(config, workdir, sides, query, gallery, top, model)
@@ -127,11 +132,11 @@ def search_st_model(config: ml_collections.ConfigDict, workdir: str) -> st_lib.S
   from the labelled training tracks and written to the workdir."""
   if config.st_model:
     model = st_lib.STModel.load(config.st_model)
-    if not _same_file(config.st_model, files.join(workdir, stages.ST_MODEL_FILE)):
-      stamps.retire(workdir, (stages.ST_MODEL_FILE, stages.ST_PLOT_FILE))  # not this run's
     if not model.camera_names or model.ticks_per_second != tracks.TICKS_PER_SECOND:
       raise errors.InputError(f"{config.st_model}: not fitted from a tracks table (no camera "
                               f"names, times not in milliseconds); fit one with tracks.train")
+    if not _same_file(config.st_model, files.join(workdir, stages.ST_MODEL_FILE)):
+      stamps.retire(workdir, (stages.ST_MODEL_FILE, stages.ST_PLOT_FILE))  # not this run's
     logging.info("ST model: %s, cameras %s, bins of %g s", config.st_model,
                  list(model.camera_names), model.bin_seconds)
     return model
@@ -375,6 +380,8 @@ JOBS: dict[str, Callable[[ml_collections.ConfigDict, str], dict]] = {
 
 # Jobs that add to another job's workdir: export writes export/ into a trained workdir.
 WORKDIR_OF = {"export": "train_and_evaluate"}
+# The job of a workdir without a job record, by its stamps (the first found).
+STAMP_OWNERS = (("train", "train_and_evaluate"), ("fit_st", "evaluate_features"))
 
 COMPILATION_CACHE_BYTES = 4 << 30  # least recently used entries go beyond this
 
@@ -419,5 +426,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   except OSError as e:
     raise errors.InputError(f"workdir {workdir} cannot be created: "
                             f"{e.strerror or e}") from None
-  stamps.claim(workdir, WORKDIR_OF.get(config.job, config.job), stages.PRODUCTS)
+  stamps.claim(workdir, WORKDIR_OF.get(config.job, config.job), stages.PRODUCTS,
+               STAMP_OWNERS, record=config.job not in WORKDIR_OF)
   return JOBS[config.job](config, workdir)

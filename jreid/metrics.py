@@ -163,7 +163,7 @@ class RetrievalMetrics:
   mINP: float
   num_queries: int
   num_valid_queries: int
-  ranks_1_5_10: tuple[float, float, float] = (0.0, 0.0, 0.0)
+  ranks_1_5_10: tuple[float, float, float]
 
   def summary(self) -> dict:
     """rank-1/5/10 (whatever the stored curve's length), mAP, mINP and the query counts."""

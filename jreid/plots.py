@@ -53,13 +53,13 @@ def st_plot_pairs(table: np.ndarray, pair_counts: np.ndarray | None,
   transits (``pair_counts``; without it, the most probability mass), most first, ties
   by pair index."""
   C = table.shape[0]
-  pairs = [(a, b) for a in range(C) for b in range(C) if a != b]
-  if len(pairs) <= max_panels:
-    return pairs
+  if C * (C - 1) <= max_panels:
+    return [(a, b) for a in range(C) for b in range(C) if a != b]
   weight = (np.asarray(pair_counts, np.float64) if pair_counts is not None
-            else np.asarray(table, np.float64).sum(axis=2))
-  order = sorted(range(len(pairs)), key=lambda i: (-weight[pairs[i]], i))
-  return [pairs[i] for i in order[:max_panels]]
+            else np.asarray(table, np.float64).sum(axis=2)).reshape(-1)
+  off_diagonal = np.nonzero(np.arange(C * C) % (C + 1) != 0)[0]
+  order = off_diagonal[np.lexsort((off_diagonal, -weight[off_diagonal]))][:max_panels]
+  return [divmod(int(i), C) for i in order]
 
 
 def plot_st_distributions(table: np.ndarray, bin_width: int, path: str,
@@ -93,14 +93,16 @@ def plot_st_distributions(table: np.ndarray, bin_width: int, path: str,
   scale = 1.0 / ticks_per_second if ticks_per_second else 1.0
   unit = "s" if ticks_per_second else "frames"
   shown = min(H, int(np.ceil(max_frames / bin_width)) + 1)  # only the bins in view are drawn
-  group = max(1, -(-shown // ST_PLOT_MAX_POINTS))
-  points = -(-shown // group)
-  padded = np.zeros((C, C, points * group), np.float64)
-  padded[:, :, :shown] = table[:, :, :shown]
-  table = padded.reshape(C, C, points, group).max(axis=3)
-  t = (np.arange(points) * group + group / 2) * bin_width * scale
   names = list(camera_names) if camera_names else [f"c{c + 1}" for c in range(C)]
   pairs = st_plot_pairs(table, pair_counts)
+  group = max(1, -(-shown // ST_PLOT_MAX_POINTS))
+  points = -(-shown // group)
+  curves = {}
+  for a, b in pairs:  # only the pairs drawn, each at most ST_PLOT_MAX_POINTS points
+    padded = np.zeros(points * group, np.float64)
+    padded[:shown] = table[a, b, :shown]
+    curves[a, b] = padded.reshape(points, group).max(axis=1)
+  t = (np.arange(points) * group + group / 2) * bin_width * scale
   grid = len(pairs) == C * (C - 1)
   rows, cols = (C, C) if grid else (-(-len(pairs) // 6), 6)
   fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 1.7 * rows), sharex=True,
@@ -111,8 +113,8 @@ def plot_st_distributions(table: np.ndarray, bin_width: int, path: str,
   for (a, b), (r, c) in zip(pairs, cells):
     ax = axes[r, c]
     ax.axis("on")
-    ax.fill_between(t, table[a, b], color="tab:blue", alpha=0.5, lw=0)
-    ax.plot(t, table[a, b], color="tab:blue", lw=0.8)
+    ax.fill_between(t, curves[a, b], color="tab:blue", alpha=0.5, lw=0)
+    ax.plot(t, curves[a, b], color="tab:blue", lw=0.8)
     ax.set_xlim(0, max_frames * scale)
     ax.tick_params(labelsize=6)
     ax.set_title(f"{names[b]} \u2192 {names[a]}", fontsize=7)

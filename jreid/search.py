@@ -2,7 +2,7 @@
 
 ``top_k`` scores queries in chunks against the whole gallery (one jitted kernel
 built from ``jreid.scoring``: cosine -> ST probability -> joint score ->
-``lax.top_k``), so the largest array is [chunk, G] with chunk from
+``protocol.best_items``), so the largest array is [chunk, G] with chunk from
 ``records.chunk_rows`` and the memory budget. Ties go to the lower gallery index.
 ``rank_lists`` turns the result into plain dicts, ``write_rank_lists`` writes them
 as ``rank_lists.json`` and ``ranked_list_picture`` draws a few queries' lists

@@ -1,19 +1,22 @@
 """The workdir-cached stages of a job, and the translation of configs into typed
 parameters.
 
-prepare data -> train -> extract -> fit ST -> evaluate -> pictures. Each stage
-writes its products to the workdir and reuses them by the one rule of
-``jreid.stamps``: a product is reused only when its stage's stamp holds the digest
-of the inputs now. Every stamp but training's is written after its products, so a
-stage cut short is redone; the train stamp is written before training starts,
-because its products are the checkpoints, each complete when written, and a
-cut-short run resumes from the latest.
+prepare data -> train -> extract -> fit ST -> evaluate -> pictures (and the ST
+picture, after the results). Each stage writes its products to the workdir and
+reuses them by the one rule of ``jreid.stamps``: a product is reused only when its
+stage's stamp holds the digest of the inputs now (with the stage's version) and the
+product file the content the stamp recorded. Every stamp but training's is written
+after its products, so a stage cut short is redone; the train stamp is written
+before training starts, because its products are the checkpoints, each complete
+when written, and a cut-short run resumes from the latest. The evaluation removes
+the earlier run's evaluation files before writing its own (``stamps.retire``).
 
 * data: the synthetic world (digest of its parameters) and the TFDS dataset (a
   digest of the manual source's names, sizes and times, kept beside it).
 * train: checkpoints; digest of the training sections of the config (an
   allowlist, ``TRAINING_SECTIONS``) without ``train.epochs`` (a longer run
-  resumes a shorter one: the schedule does not depend on it) and of the data.
+  resumes a shorter one: the schedule does not depend on it), of the data and of
+  the train stage's version (``stamps.VERSIONS``).
   Checkpoints of other settings are never resumed: the job stops and says so,
   unless ``config.overwrite`` is set, which discards them.
 * extract: ``features.npz``; digest of the training digest and ``train.epochs``.
@@ -145,6 +148,15 @@ def methods(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The evaluation methods of the config; re-ranking ones only with rerank.enabled."""
   return tuple(m for m in config.eval.methods
                if config.rerank.enabled or not evaluate_lib.METHODS[m].rerank)
+
+
+def check_rerank_sizes(config: ml_collections.ConfigDict, num_items: int) -> None:
+  """Stops when rerank.k1 or k2 is beyond ``num_items`` (query + gallery), which every
+  job knows before it trains, extracts or writes anything."""
+  if any(evaluate_lib.METHODS[m].rerank for m in methods(config)):
+    problems = rerank_lib.neighbourhood_problems(rerank_params(config), num_items)
+    if problems:
+      raise errors.InputError("; ".join(f"rerank.{p}" for p in problems))
 
 
 def training_sections(config: ml_collections.ConfigDict) -> dict:
@@ -324,7 +336,6 @@ def train(config, workdir: str, builder, data_digest: str, mesh) -> Trained:
   from jreid import train as train_lib  # pylint: disable=g-import-not-at-top
   from jreid.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
   wanted = training_digest(config, data_digest)
-  check_training_products(config, workdir, wanted)
   data = data_pipeline.TrainData(
       builder, config.train.batch_size, transfer_size(config), seed=config.train.seed,
       sampler=config.data.sampler, ids_per_batch=config.data.ids_per_batch,
@@ -338,6 +349,7 @@ def train(config, workdir: str, builder, data_digest: str, mesh) -> Trained:
         f"train.epochs={config.train.epochs!r}: at {data.steps_per_epoch} steps per epoch "
         f"that is {train_lib.total_steps(config.train.epochs, data.steps_per_epoch)} steps; "
         f"expected at least one (train.epochs >= {1 / data.steps_per_epoch:.3g})")
+  check_training_products(config, workdir, wanted)
   stamps.write(workdir, "train", wanted, num_classes=data.num_classes,
                steps_per_epoch=data.steps_per_epoch, sections=training_sections(config))
   result = train_lib.train(train_params(config), workdir, data.batches, data.num_classes,
@@ -351,12 +363,10 @@ def extract(config, workdir: str, builder, data_digest: str, trained: Trained, m
   model; normalised query and gallery features (one row per image, in split order)."""
   wanted = features_digest(config, data_digest)
   path = files.join(workdir, FEATURES_FILE)
-  if stamps.is_current(workdir, "extract", wanted, FEATURES_FILE):
+  if trained.result is None:  # the train stage found features.npz current
     logging.info("features: reusing %s", path)
     query, gallery, _ = feature_files.load_features(path)  # normalised when written
     return query, gallery
-  if trained.result is None:
-    raise AssertionError("extract: no trained model and no current features.npz")
   if files.exists(path):
     logging.info("features: training settings changed since %s was written", path)
   from jreid import features as features_lib  # pylint: disable=g-import-not-at-top
@@ -420,6 +430,7 @@ def write_st_model(model: st_lib.STModel, workdir: str, ticks_per_second: float)
     logging.warning("ST model: %d (identity, camera pair) transit times exceed %d bins x %s "
                     "and were left out; raise config.st.num_bins (or the bin width) to keep "
                     "them", model.num_out_of_range, model.params.num_bins, span)
+  stamps.retire(workdir, (ST_PLOT_FILE,))  # the earlier model's picture
   if sharding.is_main_process():
     model.save(files.join(workdir, ST_MODEL_FILE))
 
@@ -463,10 +474,6 @@ def evaluate(query: records_lib.Records, gallery: records_lib.Records, st_model:
   """
   chosen = methods(config)
   evaluate_lib.check_inputs(query, gallery, st_model)
-  if any(evaluate_lib.METHODS[m].rerank for m in chosen):
-    problems = rerank_lib.neighbourhood_problems(rerank_params(config), len(query) + len(gallery))
-    if problems:
-      raise errors.InputError("; ".join(f"rerank.{p}" for p in problems))
   # The rank lists come from the evaluation's own score tiles (every process runs the
   # same kernels; the main one writes).
   ranks, top = evaluate_lib.method_ranks(

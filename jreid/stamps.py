@@ -1,14 +1,20 @@
-"""The one reuse rule of a workdir's products: stage stamps.
+"""The bookkeeping of a workdir's products: stage stamps (the one reuse rule), the
+workdir's job, and the retirement of an earlier run's products.
 
-A stage writes its products, then its stamp ``<workdir>/stages/<stage>.json``: the
-digest of the inputs that shape the products (``digest_of``), the stage's version,
-the digest of each product file's content, and when it was written. A product is
-reused only when its stage's stamp holds the digest of the inputs now and every
-product file still has the content the stamp recorded (``is_current``); otherwise
-the stage runs again. A stage cut short has written no stamp, so it is redone.
+A stage's stamp ``<workdir>/stages/<stage>.json`` holds the digest of the inputs
+that shape its products (``digest_of``), the stage's version, the digest of each
+product file's content, and when it was written. A product is reused only when its
+stage's stamp holds the digest of the inputs now and every product file still has
+the content the stamp recorded (``is_current``); otherwise the stage runs again.
+Stages write the stamp after their products (``jreid.stages`` names the one
+exception, training, whose checkpoints complete one by one), so a stage cut short is
+redone.
 
-A workdir belongs to one job (``claim``: ``stages/job.json``): a job never runs in,
-reuses or overwrites the products of another job's workdir.
+A workdir belongs to one job (``claim``: ``stages/job.json``): no other job writes
+into it or reuses its products (the export job adds ``export/`` to a training
+workdir; jobs read other workdirs' products only as their inputs). ``retire``
+removes what an earlier run wrote and this run writes anew. ``commit`` names the
+jreid that wrote a results file.
 
 ``VERSIONS`` numbers each stage's meaning: a stage's version goes up when the same
 settings come to give other products, and the version enters the stage's digest,
@@ -118,29 +124,41 @@ def write(workdir: str, stage: str, wanted: str, products: tuple[str, ...] = (),
 OWNER_FILE = "job.json"
 
 
-def claim(workdir: str, job: str, products: tuple[str, ...]) -> None:
+def claim(workdir: str, job: str, products: tuple[str, ...],
+          stamp_owners: tuple[tuple[str, str], ...] = (), record: bool = True) -> None:
   """Makes ``workdir`` the job's, or stops: a workdir holds the products of one job.
 
-  Raises errors.InputError when ``stages/job.json`` names another job, or when the
-  workdir holds any of ``products`` (or stamps) but no record of its job (written by
-  hand, or by a jreid before job records).
+  A workdir without ``stages/job.json`` but with a stamp of ``stamp_owners`` ((stage,
+  job) pairs, first match wins) belongs to that job: workdirs written before job
+  records keep their owner. Raises errors.InputError when the workdir belongs to
+  another job, or holds any of ``products`` (or stamps) with no record of its job.
+  Without ``record`` (a job that adds to another's workdir) nothing is written.
   """
   owner_path = files.join(workdir, STAMPS_DIR, OWNER_FILE)
+  owner = None
   if files.exists(owner_path):
-    owner = files.read_json(owner_path).get("job")
-    if owner != job:
-      raise errors.InputError(
-          f"{workdir} holds the products of the {owner} job ({owner_path}); the {job} job "
-          f"would replace or reuse them: use another workdir")
-    return
-  found = [p for p in products if files.exists(files.join(workdir, p))]
-  stamps_dir = files.join(workdir, STAMPS_DIR)
-  if files.exists(stamps_dir):
-    found += [files.join(STAMPS_DIR, n) for n in sorted(files.listdir(stamps_dir))]
-  if found:
+    try:
+      owner = files.read_json(owner_path)["job"]
+    except (ValueError, KeyError, TypeError):
+      raise errors.InputError(f"{owner_path}: not a job record (expected {{\"job\": ...}}); "
+                              f"use another workdir") from None
+  else:
+    owner = next((j for stage, j in stamp_owners if files.exists(path(workdir, stage))), None)
+  if owner is not None and owner != job:
     raise errors.InputError(
-        f"{workdir} holds {', '.join(found[:4])}{' ...' if len(found) > 4 else ''} with no "
-        f"record of the job that wrote them ({owner_path}): use another workdir")
+        f"{workdir} holds the products of the {owner} job ({owner_path}); the {job} job "
+        f"would replace or reuse them: use another workdir")
+  if owner is None:
+    found = [p for p in products if files.exists(files.join(workdir, p))]
+    stamps_dir = files.join(workdir, STAMPS_DIR)
+    if files.exists(stamps_dir):
+      found += [files.join(STAMPS_DIR, n) for n in sorted(files.listdir(stamps_dir))]
+    if found:
+      raise errors.InputError(
+          f"{workdir} holds {', '.join(found[:4])}{' ...' if len(found) > 4 else ''} with no "
+          f"record of the job that wrote them ({owner_path}): use another workdir")
+  if files.exists(owner_path) or not record:
+    return
   sharding.sync("jreid: workdir checked")  # every process looked before it is claimed
   if sharding.is_main_process():
     files.write_json(owner_path, dict(job=job, written=time.strftime("%Y-%m-%d %H:%M:%S")))

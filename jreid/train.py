@@ -279,49 +279,73 @@ def restore_or_init(mngr: ocp.CheckpointManager, state, mesh, set_aside_damaged:
   """The latest intact checkpoint's state (replicated on the mesh) and its step, else
   (state, 0).
 
-  A checkpoint with files missing (a copy cut short, a deleted ``_METADATA``) is
-  damaged, not of other settings: it is reported by step, and the latest intact one
-  is restored. With ``set_aside_damaged`` (a training run) damaged step folders are
-  renamed ``<step>.damaged`` so that the run can write those steps again.
+  A checkpoint whose files are missing (a deleted ``_METADATA``, a copy cut short:
+  ``_missing_files``) is damaged, not of other settings: it is reported by step, and
+  the latest intact one is restored. With ``set_aside_damaged`` (a training run) the
+  main process renames damaged step folders ``<step>.damaged``, so that the run can
+  write those steps again. Every process scans the same files between barriers, so
+  all agree on the step.
   """
   state = jax.device_put(state, sharding.replicated(mesh))
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
       nnx.to_pure_dict(state))
-  damaged = []
-  for step in sorted(mngr.all_steps(), reverse=True):
-    missing = _missing_files(mngr, step)
-    if missing:
-      damaged.append((step, missing))
-      continue
-    saved = mngr.item_metadata(step)  # None when the manager has no handler yet
-    saved_keys = sorted(saved.keys()) if hasattr(saved, "keys") else None
-    if saved_keys is not None and saved_keys != sorted(abstract.keys()):
+  sharding.sync("jreid: checkpoints to scan")
+  steps = sorted(mngr.all_steps(), reverse=True)
+  damaged = [(s, why) for s in steps for why in [_missing_files(mngr, s)] if why]
+  intact = [s for s in steps if s not in {d for d, _ in damaged}]
+  if damaged:
+    if not intact and not set_aside_damaged:
       raise CheckpointMismatch(
-          f"the checkpoint of step {step} in {mngr.directory} holds {saved_keys}, not "
-          f"{sorted(abstract.keys())} (written by an older jreid): use a new workdir or "
-          f"--config.overwrite=True")
-    try:
-      restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-    except (FileNotFoundError, OSError) as e:
-      damaged.append((step, str(e).splitlines()[0][:200]))
-      continue
-    except (ValueError, KeyError, TypeError) as e:
-      raise CheckpointMismatch(
-          f"the checkpoint of step {step} in {mngr.directory} does not fit this model "
-          f"({str(e).splitlines()[0][:200]}): use a new workdir or --config.overwrite=True"
-      ) from e
-    _report_damaged(mngr, damaged, f"resuming from step {step}", set_aside_damaged)
-    nnx.replace_by_pure_dict(state, restored)
-    logging.info("resumed from the checkpoint of step %d", step)
-    return state, step
-  if damaged and not set_aside_damaged:
+          f"every checkpoint in {mngr.directory} is damaged (steps "
+          f"{', '.join(str(s) for s, _ in damaged)}; step {damaged[0][0]}: {damaged[0][1]}): "
+          f"train the model again")
+    logging.warning("checkpoints of steps %s in %s are damaged (step %d: %s): %s%s",
+                    ", ".join(str(s) for s, _ in damaged), mngr.directory, damaged[0][0],
+                    damaged[0][1], f"resuming from step {intact[0]}" if intact
+                    else "training from the start",
+                    "; they are set aside as <step>.damaged" if set_aside_damaged else "")
+  if set_aside_damaged:
+    sharding.sync("jreid: checkpoints scanned")
+    if damaged and sharding.is_main_process():
+      for step, _ in damaged:
+        _set_aside(os.fspath(mngr.directory), step)
+    sharding.sync("jreid: damaged checkpoints set aside")
+    if damaged:
+      mngr.reload()
+  if not intact:
+    return state, 0
+  step = intact[0]
+  saved = mngr.item_metadata(step)  # None when the manager has no handler yet
+  saved_keys = sorted(saved.keys()) if hasattr(saved, "keys") else None
+  if saved_keys is not None and saved_keys != sorted(abstract.keys()):
     raise CheckpointMismatch(
-        f"every checkpoint in {mngr.directory} is damaged (steps "
-        f"{', '.join(str(s) for s, _ in damaged)}; step {damaged[0][0]}: {damaged[0][1]}): "
-        f"train the model again")
-  _report_damaged(mngr, damaged, "training from the start", set_aside_damaged)
-  return state, 0
+        f"the checkpoint of step {step} in {mngr.directory} holds {saved_keys}, not "
+        f"{sorted(abstract.keys())} (written by an older jreid): use a new workdir or "
+        f"--config.overwrite=True")
+  try:
+    restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+  except FileNotFoundError as e:
+    raise CheckpointMismatch(
+        f"the checkpoint of step {step} in {mngr.directory} lacks a file "
+        f"({str(e).splitlines()[0][:200]}): it is damaged; move that step's folder away to "
+        f"resume from the one before") from e
+  except (ValueError, KeyError, TypeError) as e:
+    raise CheckpointMismatch(
+        f"the checkpoint of step {step} in {mngr.directory} does not fit this model "
+        f"({str(e).splitlines()[0][:200]}): use a new workdir or --config.overwrite=True"
+    ) from e
+  nnx.replace_by_pure_dict(state, restored)
+  logging.info("resumed from the checkpoint of step %d", step)
+  return state, step
+
+
+def _set_aside(directory: str, step: int) -> None:
+  """Renames the folder of ``step`` to ``<step>.damaged`` (or ``.damaged.<n>``)."""
+  target, n = files.join(directory, f"{step}.damaged"), 1
+  while files.exists(target):
+    target, n = files.join(directory, f"{step}.damaged.{n}"), n + 1
+  files.path(files.join(directory, str(step))).rename(target)
 
 
 def _missing_files(mngr: ocp.CheckpointManager, step: int) -> str:
@@ -335,25 +359,6 @@ def _missing_files(mngr: ocp.CheckpointManager, step: int) -> str:
     if not (item / "_METADATA").exists():
       return f"{item}/_METADATA is missing"
   return ""
-
-
-def _report_damaged(mngr: ocp.CheckpointManager, damaged: list, then: str,
-                    set_aside: bool) -> None:
-  if not damaged:
-    return
-  where = os.fspath(mngr.directory)
-  logging.warning("checkpoints of steps %s in %s are damaged (step %d: %s): %s%s",
-                  ", ".join(str(s) for s, _ in damaged), where, damaged[0][0], damaged[0][1],
-                  then, "; they are set aside as <step>.damaged" if set_aside else "")
-  if set_aside:
-    if sharding.is_main_process():
-      for step, _ in damaged:
-        target, n = files.join(where, f"{step}.damaged"), 1
-        while files.exists(target):
-          target, n = files.join(where, f"{step}.damaged.{n}"), n + 1
-        files.path(files.join(where, str(step))).rename(target)
-    sharding.sync("jreid: damaged checkpoints set aside")
-    mngr.reload()
 
 
 @dataclasses.dataclass

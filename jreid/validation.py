@@ -161,8 +161,9 @@ def _training_job(config: ml_collections.ConfigDict, device_count: int, process_
                     f".pth/.pt, .safetensors or .npz)")
   if m.get("conv", "auto") not in layers.CONV_IMPLS:
     problems.append(f"model.conv={m.conv!r}: expected one of {layers.CONV_IMPLS}")
-  if m.get("backbone", "resnet") not in heads.BACKBONES:
-    problems.append(f"model.backbone={m.backbone!r}: expected one of {tuple(heads.BACKBONES)}")
+  if m.get("backbone", "resnet") not in stages.BACKBONE_CONFIGS:
+    problems.append(f"model.backbone={m.backbone!r}: expected one of "
+                    f"{tuple(stages.BACKBONE_CONFIGS)}")
   elif m.get("backbone", "resnet") == "mobilenet_v2":
     _number(problems, "model.width_mult", m.get("width_mult", 1.0), 0.05, 4)
   elif m.depth not in (0, *resnet.STAGE_BLOCKS) or (m.depth == 0 and not m.stage_blocks):

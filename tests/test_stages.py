@@ -231,3 +231,39 @@ def test_training_config_errors_are_listed_together():
   config.job = "nope"
   with pytest.raises(errors.InputError, match="job='nope': expected one of"):
     validation.validate(config, jobs=("train_and_evaluate",))
+
+
+def test_every_backbone_has_a_config_translation():
+  """stages.BACKBONE_CONFIGS (config -> typed backbone config) covers heads.BACKBONES."""
+  from jreid.models import heads  # pylint: disable=g-import-not-at-top
+  assert set(stages.BACKBONE_CONFIGS) == set(heads.BACKBONES)
+  for name, (config_class, _) in heads.BACKBONES.items():
+    config = tiny.get_config()
+    config.model.backbone = name
+    assert isinstance(stages.model_config(config).backbone, config_class)
+
+
+def test_a_workdir_from_before_job_records_keeps_its_owner(tmp_path):
+  """A main-job workdir of an earlier jreid (stamps, no stages/job.json) is the main
+  job's: it reaches the train stage's version check, and other jobs are refused."""
+  from experiments import search as search_config  # pylint: disable=g-import-not-at-top
+  from jreid import jobs  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "w"
+  (workdir / "checkpoints" / "3").mkdir(parents=True)
+  (workdir / "stages").mkdir()
+  config = tiny.get_config()
+  config.compilation_cache_dir = ""
+  sections = stages.training_sections(config)
+  (workdir / "stages" / "train.json").write_text(json.dumps(dict(
+      digest=stamps.digest(dict(sections=sections, data="d")), sections=sections)))
+  search = search_config.get_config()
+  search.tracks.train = search.tracks.query = search.features = "x"
+  with pytest.raises(errors.InputError, match="holds the products of the train_and_evaluate "
+                     "job .*; the search job would replace"):
+    jobs.run(search, str(workdir))
+  with pytest.raises(errors.InputError, match=r"trained with other settings \(by version 1 "
+                     r"of the train stage; this jreid's is 2\): use a new workdir or "
+                     r"--config.overwrite=True"):
+    jobs.run(config, str(workdir))
+  assert json.loads((workdir / "stages" / "job.json").read_text())["job"] == "train_and_evaluate"
+  assert (workdir / "checkpoints" / "3").is_dir()

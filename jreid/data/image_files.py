@@ -75,6 +75,8 @@ def _naming_bad_images(it: Iterator[dict[str, np.ndarray]], paths: Sequence[str]
       yield batch
   except tf.errors.OpError as e:
     for path in paths[done:]:
+      if not files.exists(path):
+        raise errors.InputError(f"{path}: no such image file") from None
       if files.isdir(path):
         raise errors.InputError(f"{path}: a folder, not an image") from None
       try:
