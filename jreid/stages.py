@@ -27,7 +27,9 @@ the earlier run's evaluation files before writing its own (``stamps.retire``).
 
 This module, ``jreid.jobs`` and ``jreid.validation`` are the only ones that read
 configs: the library below them takes typed parameters (``st_params``,
-``train_params``, ``model_config``, ...).
+``train_params``, ``model_config``, ...). It stays one module, a little over 500
+lines, so that each stage sits beside the translation of the config sections it
+reads, and no fourth module reads configs.
 """
 
 from __future__ import annotations
