@@ -262,14 +262,9 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str):
 
 # ----------------------------------------------------------------------------- train
 
-def _discard_training(workdir: str) -> None:
-  for path in (files.join(workdir, "checkpoints"), files.join(workdir, FEATURES_FILE),
-               stamps.path(workdir, "train"), stamps.path(workdir, "extract")):
-    if files.exists(path):
-      if files.isdir(path):
-        files.path(path).rmtree()
-      else:
-        files.path(path).unlink()
+# What --config.overwrite discards: the training and the products made from it.
+TRAINING_PRODUCTS = ("checkpoints", FEATURES_FILE, files.join(stamps.STAMPS_DIR, "train.json"),
+                     files.join(stamps.STAMPS_DIR, "extract.json"))
 
 
 def check_training_products(config, workdir: str, wanted: str) -> None:
@@ -286,9 +281,7 @@ def check_training_products(config, workdir: str, wanted: str) -> None:
   if config.overwrite:
     logging.warning("overwrite: discarding %s's checkpoints and features of other training "
                     "settings", workdir)
-    if sharding.is_main_process():
-      _discard_training(workdir)
-    sharding.sync("jreid: old training discarded")
+    stamps.retire(workdir, TRAINING_PRODUCTS)
     return
   changed = ""
   if stamp is not None and stamps.stamp_version(stamp) != stamps.version("train"):
@@ -346,10 +339,11 @@ def train(config, workdir: str, builder, data_digest: str, mesh) -> Trained:
   logging.info("train split: %d identities, %d images in this process (shards %s of %d), "
                "%d steps per epoch", data.num_classes, data.num_images, data.shards,
                data.num_shards, data.steps_per_epoch)
-  if train_lib.total_steps(config.train.epochs, data.steps_per_epoch) < 1:
+  total = train_lib.total_steps(config.train.epochs, data.steps_per_epoch)
+  if total < 1:
     raise errors.InputError(
         f"train.epochs={config.train.epochs!r}: at {data.steps_per_epoch} steps per epoch "
-        f"that is {train_lib.total_steps(config.train.epochs, data.steps_per_epoch)} steps; "
+        f"that is {total} steps; "
         f"expected at least one (train.epochs >= {1 / data.steps_per_epoch:.3g})")
   check_training_products(config, workdir, wanted)
   stamps.write(workdir, "train", wanted, num_classes=data.num_classes,

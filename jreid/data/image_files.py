@@ -73,15 +73,15 @@ def _naming_bad_images(it: Iterator[dict[str, np.ndarray]], paths: Sequence[str]
     for batch in it:
       done += int(batch["mask"].sum())
       yield batch
-  except tf.errors.OpError as e:
-    for path in paths[done:]:
+  except tf.errors.OpError:
+    def decode_one(path):
       if not files.exists(path):
-        raise errors.InputError(f"{path}: no such image file") from None
+        raise errors.InputError(f"{path}: no such image file")
       if files.isdir(path):
-        raise errors.InputError(f"{path}: a folder, not an image") from None
-      try:
-        _decode(tf.constant(path))
-      except tf.errors.OpError as bad:
-        raise errors.InputError(f"{path}: not an image (expected JPEG, PNG, BMP or GIF: "
-                                f"{bad.message.splitlines()[0]})") from None
-    raise e
+        raise errors.InputError(f"{path}: a folder, not an image")
+      _decode(tf.constant(path))
+    found = data_pipeline.first_undecodable(paths[done:], decode_one)
+    if found is None:
+      raise
+    raise errors.InputError(f"{paths[done + found[0]]}: not an image (expected JPEG, PNG, "
+                            f"BMP or GIF: {found[1]})") from None

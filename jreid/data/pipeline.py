@@ -81,17 +81,27 @@ def decode_images(encoded: np.ndarray, transfer_size: tuple[int, int] = TRANSFER
     for batch in ds.batch(1024).as_numpy_iterator():
       out[done:done + len(batch)] = batch
       done += len(batch)
-  except tf.errors.OpError as e:
-    for i in range(done, len(encoded)):  # name the first image that does not decode
-      try:
-        decode(tf.constant(encoded[i]))
-      except tf.errors.OpError as bad:
-        name = names[i] if names is not None else None
-        name = name.decode() if isinstance(name, bytes) else name
-        raise ValueError(f"cannot decode image {str(name)!r} (row {i}): expected a JPEG "
-                         f"({bad.message.splitlines()[0]})") from bad
-    raise
+  except tf.errors.OpError:
+    found = first_undecodable(encoded[done:], lambda e: decode(tf.constant(e)))
+    if found is None:
+      raise
+    i, message = done + found[0], found[1]
+    name = names[i] if names is not None else None
+    name = name.decode() if isinstance(name, bytes) else name
+    raise ValueError(f"cannot decode image {str(name)!r} (row {i}): expected a JPEG "
+                     f"({message})") from None
   return out
+
+
+def first_undecodable(items, decode_one) -> tuple[int, str] | None:
+  """After a tf.data decoding error: the position of the first of ``items`` that
+  ``decode_one`` cannot decode, with TensorFlow's message, else None."""
+  for i, item in enumerate(items):
+    try:
+      decode_one(item)
+    except tf.errors.OpError as bad:
+      return i, bad.message.splitlines()[0]
+  return None
 
 
 def read_records(builder: tfds.core.DatasetBuilder, split) -> dict[str, np.ndarray]:
