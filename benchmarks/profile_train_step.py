@@ -139,7 +139,6 @@ def main():
     profile = jax.profiler.ProfileData.from_file(path)
   per_kind = collections.defaultdict(float)
   per_op = collections.defaultdict(float)
-  flops_kind = collections.defaultdict(float)
   total = 0.0
   for plane in profile.planes:
     if not plane.name.startswith("/host:CPU"):

@@ -4,8 +4,9 @@
 
 Generates the world (Market layout and names, 6 cameras along a walking route),
 prepares it with the market1501 TFDS builder, trains a small ResNet-18 PCB model at
-96x48, extracts features, fits the ST model and evaluates (with re-ranking). 8 to
-13 minutes on this project's 2-core CPU, most of it the 2,664 training steps (README);
+96x48, extracts features, fits the ST model and evaluates (with re-ranking). 6.5 to
+13 minutes on this project's 2-core CPUs (they differ), 89% of it the 2,664 training
+steps (README, docs/benchmarks.md);
 writes results.json, cmc.png, st_distributions.png and ranked_lists.png to the
 workdir.
 """

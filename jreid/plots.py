@@ -152,7 +152,8 @@ def plot_ranked_lists(query_images: Sequence[np.ndarray],
 
   Args:
     query_images: per row an HxWx3 uint8 image.
-    gallery_images: per row k HxWx3 uint8 images, best first.
+    gallery_images: per row k HxWx3 uint8 images, best first; None where a row has
+      fewer than k results (an empty place, no frame, no caption).
     matches: bool [rows, k], True where the gallery image is a true match (green,
       else red); None for an unlabelled gallery (grey frames, no legend).
     path: PNG to write.
@@ -176,6 +177,9 @@ def plot_ranked_lists(query_images: Sequence[np.ndarray],
       axes[r, c].set_yticks([])
     for c in range(k):
       ax = axes[r, c + 1]
+      if gallery_images[r][c] is None:
+        ax.axis("off")
+        continue
       ax.imshow(gallery_images[r][c])
       colour = UNLABELLED_COLOUR if matches is None else (
           MATCH_COLOUR if matches[r, c] else OTHER_COLOUR)

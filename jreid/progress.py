@@ -81,15 +81,31 @@ class Progress:
       self.rate = instant if self.rate is None else (
           self.smoothing * instant + (1 - self.smoothing) * self.rate)
     self._last_time, self._last_done = now, done
-    rate = f"{self.rate:.1f} {self.unit}/s" if self.rate else "rate n/a"
-    self._log("%s: %d/%d %s, %s, ETA %.0f s%s", self.name, done, self.total, self.unit, rate,
-              self.eta_s(done), f"  {extra}" if extra else "")
+    rate = f"{_rate(self.rate)} {self.unit}/s" if self.rate else "rate n/a"
+    self._log("%s: %d/%d %s, %s, ETA %s%s", self.name, done, self.total, self.unit, rate,
+              _duration(self.eta_s(done)), f"  {extra}" if extra else "")
     return True
 
   def finish(self, extra: str = "") -> float:
     """Logs the total time and the mean rate; returns the seconds spent."""
     spent = time.time() - self._start
     done = self.total - self._first
-    self._log("%s: %d %s in %.1f s (%.1f %s/s)%s", self.name, done, self.unit, spent,
-              done / max(spent, 1e-9), self.unit, f"  {extra}" if extra else "")
+    self._log("%s: %d %s in %.1f s (%s %s/s)%s", self.name, done, self.unit, spent,
+              _rate(done / max(spent, 1e-9)), self.unit, f"  {extra}" if extra else "")
     return spent
+
+
+def _rate(per_s: float) -> str:
+  """A rate with one decimal, or three significant digits below 1 (0.0238, not 0.0)."""
+  return f"{per_s:.1f}" if per_s >= 1 else f"{per_s:.3g}"
+
+
+def _duration(seconds: float) -> str:
+  """``"43 s"``; from two minutes on with hours and minutes too: ``"18481 s (5 h 8 min)"``."""
+  if not seconds == seconds:  # nan: no rate yet
+    return "n/a"
+  text = f"{seconds:.0f} s"
+  if seconds >= 120:
+    minutes = int(round(seconds / 60))
+    text += f" ({minutes // 60} h {minutes % 60} min)" if minutes >= 60 else f" ({minutes} min)"
+  return text

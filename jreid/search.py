@@ -343,8 +343,9 @@ def ranked_list_picture(result: protocol.TopK, query: Records, gallery: Records,
 
   ``load_image(name)`` returns an HxWx3 uint8 image of ``Records.names[i]``. Under
   each gallery tile: its id (when ``labelled``) and camera name; tiles are framed
-  green (true match) or red when ``labelled``, grey otherwise. Returns the path, or
-  None when there is nothing to draw.
+  green (true match) or red when ``labelled``, grey otherwise; a query with fewer than
+  ``k`` results (the rest left out as junk, score -inf) shows empty places after its
+  last one. Returns the path, or None when there is nothing to draw.
   """
   if query.names is None or gallery.names is None or not len(query) or num_queries < 1:
     return None
@@ -363,8 +364,10 @@ def ranked_list_picture(result: protocol.TopK, query: Records, gallery: Records,
   titles = [(f"query id {query.person_ids[q]}\n" if labelled else "query\n") +
             cam(query.cameras[q]) + when(query.times[q]) for q in picks]
   score = result.score[picks, :k]
+  real = np.isfinite(score)
   return plots.plot_ranked_lists(
       [load_image(str(query.names[q])) for q in picks],
-      [[load_image(str(gallery.names[g])) for g in row] for row in top],
+      [[load_image(str(gallery.names[g])) if ok else None for g, ok in zip(row, oks)]
+       for row, oks in zip(top, real)],
       matches(result, query, gallery)[picks, :k] if labelled else None, path, titles=titles,
       ranked_by=f"{result.ranked_by} score", gallery_labels=labels, scores=score)

@@ -1,6 +1,5 @@
 """Export: the ONNX graph (run by onnxruntime) and the jax.export artifact equal extraction."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax

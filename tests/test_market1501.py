@@ -1,6 +1,5 @@
 """The market1501 builder's handling of bad and changed manual data."""
 
-import io
 import logging
 import os
 import shutil

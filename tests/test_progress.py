@@ -22,6 +22,20 @@ def test_rate_is_smoothed_and_eta_follows_it(monkeypatch):
   assert all("\x1b" not in line and "\r" not in line for line in logged)
 
 
+def test_slow_work_shows_its_rate_and_an_eta_in_hours(monkeypatch):
+  # One row tile in 42 s out of 440: the rate keeps three digits, the ETA gains h and min.
+  clock = iter([0.0, 42.0, 43.0])
+  monkeypatch.setattr(progress.time, "time", lambda: next(clock))
+  logged = []
+  meter = progress.Progress("rerank", total=440, unit="row tiles", every_s=0.0,
+                            log=lambda fmt, *a: logged.append(fmt % a))
+  meter.update(1)
+  assert logged[-1] == "rerank: 1/440 row tiles, 0.0238 row tiles/s, ETA 18438 s (5 h 7 min)"
+  meter.total = 3
+  meter.update(1, force=True)  # no new units: the rate holds, 2 left at 1/42 per s
+  assert logged[-1] == "rerank: 1/3 row tiles, 0.0238 row tiles/s, ETA 84 s"
+
+
 def test_updates_within_the_interval_are_not_logged(monkeypatch):
   clock = iter([0.0, 1.0, 2.0, 12.0])
   monkeypatch.setattr(progress.time, "time", lambda: next(clock))

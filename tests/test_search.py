@@ -94,6 +94,34 @@ def test_leave_out_junk_ranks_as_the_protocol(with_st):
     assert got.index[q].tolist() == want
 
 
+def test_ranked_list_picture_leaves_places_empty_after_the_last_real_result(tmp_path,
+                                                                             monkeypatch):
+  """A query with fewer than k results (the rest left out as junk) draws only those: the
+  junk items are never loaded nor framed as results."""
+  from jreid import plots
+  q = Records(np.array([7]), np.array([0]), np.array([0]), np.ones((1, 2), np.float32),
+              names=np.array(["q"]))
+  # Gallery: 7 in the query's camera (junk), id -1 (junk), three others.
+  g = Records(np.array([7, -1, 7, 3, 4]), np.array([0, 1, 1, 2, 1]), np.zeros(5, np.int64),
+              scoring.l2_normalise_features(np.array(
+                  [[1, 0], [1, 0.1], [1, 0.2], [1, 0.5], [0, 1]], np.float32)),
+              names=np.array([f"g{i}" for i in range(5)]))
+  top = search.top_k(q, g, None, FUSION, k=5, leave_out_junk=True)
+  assert top.index[0, :3].tolist() == [3, 2, 4] and not np.isfinite(top.score[0, 3:]).any()
+  loaded, figures = [], []
+  save = plots._save
+  monkeypatch.setattr(plots, "_save", lambda fig, path, **kw: figures.append(fig) or
+                      save(fig, path, **kw))
+  out = search.ranked_list_picture(
+      top, q, g, str(tmp_path / "ranked.png"),
+      lambda name: loaded.append(name) or np.zeros((8, 4, 3), np.uint8), num_queries=1, k=5)
+  assert Image.open(out).format == "PNG"
+  assert loaded == ["q", "g3", "g2", "g4"]
+  axes = figures[0].axes
+  assert [len(ax.images) for ax in axes[:6]] == [1, 1, 1, 1, 0, 0]
+  assert [ax.axison for ax in axes[4:6]] == [False, False]
+
+
 def test_ties_go_to_the_lower_index():
   f = np.ones((5, 2), np.float32) / np.sqrt(2)
   gallery = Records(np.zeros(5, np.int64), np.zeros(5, np.int64), np.zeros(5, np.int64), f)

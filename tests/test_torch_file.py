@@ -8,7 +8,6 @@ written afresh by it and read back.
 """
 
 import collections
-import io
 import os
 import pickle
 import subprocess
