@@ -348,6 +348,10 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
     feature_files.save_features(path, query, gallery, query_names=query.names,
                                 gallery_names=gallery.names,
                                 camera_names=np.asarray(list(names) or [""]))
+  # The file's stamp: the run that wrote it (job, config digest, commit) and its content.
+  info = stages.run_info(config)
+  stamps.write(workdir, "extract", info["config_digest"], products=(stages.FEATURES_FILE,),
+               run=info, trained_workdir=str(config.trained_workdir))
   logging.info("extract: wrote %s (%d query, %d gallery images, %d dims)", path, len(query),
                len(gallery), query.features.shape[1])
   return dict(features=path, queries=len(query), gallery=len(gallery),

@@ -11,6 +11,7 @@ from jreid import protocol
 from jreid import scoring
 from jreid import search
 from jreid import st
+from jreid import stamps
 from jreid import tracks
 from jreid.data import synthetic
 from jreid.records import Records
@@ -440,6 +441,10 @@ def test_extract_then_search_from_the_table_equals_the_main_job(tmp_path):
     jobs.run(config, str(trained))
   assert (trained / "features.npz").read_bytes() == features
   jobs.run(config, str(tmp_path / "extract"))
+  stamp = stamps.read(str(tmp_path / "extract"), "extract")
+  assert stamp["run"]["job"] == "extract" and stamp["trained_workdir"] == str(trained)
+  assert stamp["products"] == {"features.npz": stamps.content_digest(
+      str(tmp_path / "extract" / "features.npz"))}
   config = search_config.get_config()
   config.tracks.train = config.tracks.query = table
   config.features = str(tmp_path / "extract" / "features.npz")
