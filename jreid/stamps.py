@@ -113,11 +113,14 @@ def write(workdir: str, stage: str, wanted: str, products: tuple[str, ...] = (),
           **info) -> None:
   """Records (main process) that the stage's ``products`` (file names in the workdir,
   written already) now come from inputs with digest ``wanted``, with each file's
-  content digest; ``info`` is kept beside them."""
+  content digest and the job that owns the workdir (``claim``; None before any claim);
+  ``info`` is kept beside them."""
   if sharding.is_main_process():
     contents = {p: content_digest(files.join(workdir, p)) for p in products}
+    owner_path = files.join(workdir, STAMPS_DIR, OWNER_FILE)
+    job = files.read_json(owner_path).get("job") if files.exists(owner_path) else None
     files.write_json(path(workdir, stage),
-                     dict(digest=wanted, version=version(stage), products=contents,
+                     dict(digest=wanted, version=version(stage), job=job, products=contents,
                           written=time.strftime("%Y-%m-%d %H:%M:%S"), **info))
 
 

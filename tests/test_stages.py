@@ -65,6 +65,11 @@ def test_stamps_and_the_reuse_rule(tmp_path):
   assert not stamps.is_current(workdir, "fit_st", "abc", "missing.npz")
   assert stamps.read(workdir, "fit_st")["note"] == 1
   assert stamps.read(workdir, "fit_st")["version"] == 1
+  assert stamps.read(workdir, "fit_st")["job"] is None  # no job has claimed the workdir
+  stamps.claim(str(tmp_path / "claimed"), "evaluate_features", ())
+  (tmp_path / "claimed" / "st_model.npz").write_bytes(b"x")
+  stamps.write(str(tmp_path / "claimed"), "fit_st", "abc", products=("st_model.npz",))
+  assert stamps.read(str(tmp_path / "claimed"), "fit_st")["job"] == "evaluate_features"
   assert stamps.digest({"a": np.arange(3)}) != stamps.digest({"a": np.arange(4)})
 
 
