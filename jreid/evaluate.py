@@ -288,12 +288,11 @@ def check_inputs(query: records_lib.Records, gallery: records_lib.Records,
   beyond = len(query) * len(gallery) - int(inside)
   counts["pairs_beyond_last_bin"] = beyond
   if beyond:
-    seconds = st_model.bin_seconds
     log("evaluate: %d of %d query/gallery pairs (%.2f%%) are further apart in time than the ST "
         "table's last bin (%d bins x %s): their ST probability is 0%s", beyond,
         len(query) * len(gallery), 100.0 * beyond / (len(query) * len(gallery)),
         st_model.params.num_bins,
-        f"{seconds:g} s" if seconds else f"{st_model.params.bin_width} time units",
+        st_lib.bin_text(st_model.params.bin_width, st_model.ticks_per_second),
         " (every pair: 'st' ranks exactly like 'visual')" if inside == 0 else "")
   seen = st_model.table.sum(axis=(1, 2)) + st_model.table.sum(axis=(0, 2)) > 0
   unseen = (query.cameras >= len(seen)) | ~seen[np.minimum(query.cameras, len(seen) - 1)]

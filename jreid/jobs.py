@@ -223,10 +223,10 @@ def search_top_k(config: ml_collections.ConfigDict, query: records_lib.Records,
   meter.finish()
   if top.num_beyond_last_bin:
     logging.warning("search: %d of the %d query/gallery pairs (%.2f%%) join two different "
-                    "cameras further apart in time than the ST table's last bin (%d bins x %g "
-                    "s): their ST probability is 0", top.num_beyond_last_bin, top.num_pairs,
-                    100.0 * top.num_beyond_last_bin / top.num_pairs,
-                    model.params.num_bins, model.bin_seconds)
+                    "cameras further apart in time than the ST table's last bin (%d bins x "
+                    "%s): their ST probability is 0", top.num_beyond_last_bin, top.num_pairs,
+                    100.0 * top.num_beyond_last_bin / top.num_pairs, model.params.num_bins,
+                    st_lib.bin_text(model.params.bin_width, model.ticks_per_second))
   return top
 
 

@@ -245,6 +245,12 @@ def check_table_size(num_cameras: int, num_bins: int) -> None:
         f"check for a stray camera number), and st.num_bins={num_bins}")
 
 
+def bin_text(bin_width: int, ticks_per_second: float) -> str:
+  """A bin's width for messages: ``"4 s (4000 ticks)"``, or ``"100 ticks"`` without a clock."""
+  return (f"{bin_width / ticks_per_second:g} s ({bin_width} ticks)" if ticks_per_second
+          else f"{bin_width} ticks")
+
+
 def fit(person_ids: np.ndarray, cameras: np.ndarray, times: np.ndarray,
         num_cameras: int | None = None, params: STParams = STParams(),
         camera_names: tuple[str, ...] = (), ticks_per_second: float = 0.0) -> STModel:

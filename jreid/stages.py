@@ -420,12 +420,10 @@ def write_st_model(model: st_lib.STModel, workdir: str, ticks_per_second: float)
   Every job that fits an ST model ends its fit with this, and draws the model with
   ``plot_st_model`` once its results are written."""
   if model.num_out_of_range:
-    width = model.params.bin_width
-    span = (f"{width / ticks_per_second:g} s ({width} ticks)" if ticks_per_second else
-            f"{width} ticks")
     logging.warning("ST model: %d (identity, camera pair) transit times exceed %d bins x %s "
                     "and were left out; raise config.st.num_bins (or the bin width) to keep "
-                    "them", model.num_out_of_range, model.params.num_bins, span)
+                    "them", model.num_out_of_range, model.params.num_bins,
+                    st_lib.bin_text(model.params.bin_width, ticks_per_second))
   stamps.retire(workdir, (ST_PLOT_FILE,))  # the earlier model's picture
   if sharding.is_main_process():
     model.save(files.join(workdir, ST_MODEL_FILE))

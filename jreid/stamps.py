@@ -117,14 +117,26 @@ def write(workdir: str, stage: str, wanted: str, products: tuple[str, ...] = (),
   ``info`` is kept beside them."""
   if sharding.is_main_process():
     contents = {p: content_digest(files.join(workdir, p)) for p in products}
-    owner_path = files.join(workdir, STAMPS_DIR, OWNER_FILE)
-    job = files.read_json(owner_path).get("job") if files.exists(owner_path) else None
+    job = owner(workdir)
     files.write_json(path(workdir, stage),
                      dict(digest=wanted, version=version(stage), job=job, products=contents,
                           written=time.strftime("%Y-%m-%d %H:%M:%S"), **info))
 
 
 OWNER_FILE = "job.json"
+
+
+def owner(workdir: str) -> str | None:
+  """The job recorded in the workdir's ``stages/job.json`` (None without one); raises
+  errors.InputError for a file that is not a job record."""
+  owner_path = files.join(workdir, STAMPS_DIR, OWNER_FILE)
+  if not files.exists(owner_path):
+    return None
+  try:
+    return files.read_json(owner_path)["job"]
+  except (ValueError, KeyError, TypeError):
+    raise errors.InputError(f"{owner_path}: not a job record (expected {{\"job\": ...}}); "
+                            f"use another workdir") from None
 
 
 def claim(workdir: str, job: str, products: tuple[str, ...],
@@ -138,20 +150,15 @@ def claim(workdir: str, job: str, products: tuple[str, ...],
   Without ``record`` (a job that adds to another's workdir) nothing is written.
   """
   owner_path = files.join(workdir, STAMPS_DIR, OWNER_FILE)
-  owner = None
-  if files.exists(owner_path):
-    try:
-      owner = files.read_json(owner_path)["job"]
-    except (ValueError, KeyError, TypeError):
-      raise errors.InputError(f"{owner_path}: not a job record (expected {{\"job\": ...}}); "
-                              f"use another workdir") from None
-  else:
-    owner = next((j for stage, j in stamp_owners if files.exists(path(workdir, stage))), None)
-  if owner is not None and owner != job:
+  found_owner = owner(workdir)
+  if found_owner is None:
+    found_owner = next((j for stage, j in stamp_owners if files.exists(path(workdir, stage))),
+                       None)
+  if found_owner is not None and found_owner != job:
     raise errors.InputError(
-        f"{workdir} holds the products of the {owner} job ({owner_path}); the {job} job "
+        f"{workdir} holds the products of the {found_owner} job ({owner_path}); the {job} job "
         f"would replace or reuse them: use another workdir")
-  if owner is None:
+  if found_owner is None:
     found = [p for p in products if files.exists(files.join(workdir, p))]
     stamps_dir = files.join(workdir, STAMPS_DIR)
     if files.exists(stamps_dir):

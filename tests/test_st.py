@@ -270,3 +270,10 @@ def test_a_bad_st_model_file_names_the_file(tmp_path, content, message):
     path.write_bytes(content)
   with pytest.raises(errors.InputError, match=message):
     st.STModel.load(str(path))
+
+
+def test_bin_text_names_seconds_and_ticks():
+  from jreid import st as st_lib  # pylint: disable=g-import-not-at-top
+  assert st_lib.bin_text(4000, 1000.0) == "4 s (4000 ticks)"
+  assert st_lib.bin_text(100, 25.0) == "4 s (100 ticks)"
+  assert st_lib.bin_text(100, 0.0) == "100 ticks"
