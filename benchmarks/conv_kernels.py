@@ -8,8 +8,10 @@ For each distinct convolution of the network (ResNet-18 or -50 with last stride 
 input size, channels, kernel, stride) times one jitted function that computes the
 convolution and both its gradients (input and kernel, for a fixed cotangent): the
 work one layer does in a training step, without BatchNorm or activations. Each of
-``layers.Conv``'s computations is timed ("xla": ``lax.conv_general_dilated``,
-"matmul": ``layers.conv_matmul``), and with --vs_torch the same convolution in PyTorch
+``layers.Conv``'s computations is timed ("xla": ``lax.conv_general_dilated`` with XLA's
+defaults, YNNPACK's kernel on a CPU; "eigen": the same compiled with
+``layers.CPU_COMPILER_OPTIONS``, XLA's Eigen kernel, what ``model.conv="auto"`` runs for
+k x k convolutions on a CPU; "matmul": ``layers.conv_matmul``), and with --vs_torch the same convolution in PyTorch
 (``torch.nn.functional.conv2d`` forward and ``backward``, channels-first, in the PyTorch
 venv), alternating the sides in rounds. Prints, per layer, ms and GFLOP/s
 (3 x 2 x the multiply-adds of the forward), and the whole network's layers weighted
@@ -101,6 +103,7 @@ def resnet_convs(depth: int, h: int, w: int, batch: int) -> list[dict]:
 
 
 def jax_fn(spec: dict, impl: str):
+  """A timer of one convolution and its gradients: "xla", "eigen" or "matmul" (above)."""
   pad, stride = (spec["k"] - 1) // 2, spec["stride"]
 
   def conv(x, kernel):
@@ -118,7 +121,7 @@ def jax_fn(spec: dict, impl: str):
                   jnp.float32)
   kernel = jnp.asarray(rng.standard_normal((spec["k"], spec["k"], spec["cin"], spec["cout"])),
                        jnp.float32)
-  f = jax.jit(fwd_bwd)
+  f = jax.jit(fwd_bwd, compiler_options=layers.CPU_COMPILER_OPTIONS if impl == "eigen" else None)
   jax.block_until_ready(f(x, kernel))
 
   def run(n):
@@ -144,7 +147,7 @@ def main():
   args = p.parse_args()
   h, w = (int(x) for x in args.image_size.split(","))
   specs = resnet_convs(int(args.net[6:]), h, w, args.batch)
-  sides = {impl: [jax_fn(s, impl) for s in specs] for impl in ("xla", "matmul")}
+  sides = {impl: [jax_fn(s, impl) for s in specs] for impl in ("xla", "eigen", "matmul")}
   torch_proc = None
   if args.vs_torch:
     if not os.path.exists(args.torch_python):

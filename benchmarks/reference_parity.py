@@ -173,18 +173,12 @@ def backbone():
   return _ResNet()
 '''
 
-# torchvision's PyPI wheel is a CUDA build: its C++ ops cannot load next to the CPU
-# torch, and torchvision's import then fails registering two of them. The models,
-# transforms and datasets the reference uses are pure Python; defining the two
-# op schemas lets torchvision import. Put on PYTHONPATH as sitecustomize.
-SITECUSTOMIZE = '''import torch
-try:
-  _lib = torch.library.Library("torchvision", "FRAGMENT")
-  _lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-  _lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-except Exception:  # a CPU torchvision whose ops load defines them itself
-  pass
-'''
+# torchvision's PyPI wheel beside the CPU torch: its C++ ops cannot load, and its import
+# then fails registering two of them. The models, transforms and datasets the reference
+# uses are pure Python; defining the two op schemas (only where its ops do not load) lets
+# torchvision import. Put on PYTHONPATH as sitecustomize.
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from torch_oracle import TORCHVISION_SHIM as SITECUSTOMIZE  # pylint: disable=g-import-not-at-top,wrong-import-position  (imports no torch)
 
 
 def patch_list(patches=PATCHES) -> str:

@@ -24,13 +24,15 @@ convolutions.) MFU = counted FLOPs / step time / --peak_tflops (per device; e.g.
 
 --vs_torch times the same network in PyTorch beside jreid's, alternately in rounds
 (``benchmarks/torch_train_step.py``, run in the PyTorch venv ``--torch_python``, default
-``~/.cache/jreid/torch_venv``; torch 2.13 CPU and torchvision 0.28, never
-``requirements.txt``): torchvision's ResNet or MobileNetV2 with the same strides, head,
-loss and optimiser, parameter counts printed for both. ``--cases`` lists networks as
-NET-RECIPE-HxW; ``--conv`` may list several ``model.conv`` values, each timed. The
+``~/.cache/jreid/torch_venv``; torch 2.14.1 and torchvision 0.29.1, or torch 2.13.0 CPU and
+torchvision 0.28.0, never ``requirements.txt``): torchvision's ResNet or MobileNetV2 with the
+same strides, head, loss and optimiser, parameter counts printed for both. ``--cases`` lists
+networks as NET-RECIPE-HxW; ``--conv`` may list several ``model.conv`` values, each timed,
+and "matmul-ynn": "matmul" compiled without ``layers.compiler_options`` (1x1 convolutions as
+matrix products, the others YNNPACK's, as jreid computed on CPUs before it set them). The
 table of ``docs/cpu_training.md``:
 
-  python benchmarks/train_step.py --vs_torch --conv=xla,auto --steps=2 --rounds=3 \
+  python benchmarks/train_step.py --vs_torch --conv=xla,matmul-ynn,auto --steps=2 --rounds=3 \
       --cases=resnet18-pcb-128x64,resnet50-pcb-128x64,resnet18-pcb-256x128,\
 resnet50-pcb-256x128,mobilenet_v2-strong-128x64,mobilenet_v2-strong-256x128
 
@@ -141,7 +143,7 @@ class JreidStep:
     config.model.backbone, config.model.width_mult = case["backbone"], args.width_mult
     config.model.depth, config.model.dtype = case["depth"] or 50, args.dtype
     config.model.width = args.width
-    config.model.conv = args.conv
+    config.model.conv = "matmul" if args.conv == "matmul-ynn" else args.conv
     mesh = sharding.make_mesh()
     self.devices = jax.device_count()
     self.batch = batch = args.batch * self.devices
@@ -151,7 +153,9 @@ class JreidStep:
     self.state = jax.device_put(state, sharding.replicated(mesh))
     # The recipe's loss (strong: label smoothing and the triplet term), as training passes it.
     step = train.make_train_step(graphdef, mesh, 0, (H, W), augment.AugmentParams(),
-                                 loss=config.loss.to_dict())
+                                 loss=config.loss.to_dict(),
+                                 compiler_options=({} if args.conv == "matmul-ynn" else
+                                                   layers.compiler_options(args.conv)))
     rng = np.random.default_rng(0)
     data_sharding = sharding.data_sharding(mesh)
     label = jax.device_put(rng.integers(0, args.classes, batch).astype(np.int32), data_sharding)
@@ -163,7 +167,7 @@ class JreidStep:
           "label": label}
     self.compiled, self.flops, self.jit_s = {}, {}, {}
     for kind, data in self.feeds.items():
-      self.flops[kind] = matmul_flops(jax.make_jaxpr(step)(self.state, data, jnp.int32(0)).jaxpr)
+      self.flops[kind] = matmul_flops(step.trace(self.state, data, jnp.int32(0)).jaxpr.jaxpr)
       start = time.perf_counter()
       self.compiled[kind] = step.lower(self.state, data, jnp.int32(0)).compile()
       self.jit_s[kind] = time.perf_counter() - start
@@ -192,8 +196,8 @@ class TorchStep:
     if not os.path.exists(args.torch_python):
       raise SystemExit(f"--vs_torch: no PyTorch venv python at {args.torch_python} (make one: "
                        f"python3 -m venv ~/.cache/jreid/torch_venv && "
-                       f"~/.cache/jreid/torch_venv/bin/pip install torch==2.13.0 "
-                       f"torchvision==0.28.0)")
+                       f"~/.cache/jreid/torch_venv/bin/pip install torch==2.14.1 "
+                       f"torchvision==0.29.1)")
     cmd = [args.torch_python, os.path.join(ROOT, "benchmarks", "torch_train_step.py"),
            f"--backbone={case['backbone']}", f"--depth={case['depth'] or 50}",
            f"--recipe={case['recipe']}", f"--image_size={H},{W}", f"--batch={args.batch}",
@@ -300,8 +304,8 @@ def main():
   own = dict(name=f"{net_name}-{args.recipe}-{H}x{W}", backbone=args.backbone,
              depth=args.depth, recipe=args.recipe, size=(H, W))
   for conv in args.conv.split(","):
-    if conv not in layers.CONV_IMPLS:
-      raise SystemExit(f"--conv: {conv!r} is not one of {layers.CONV_IMPLS}")
+    if conv not in (*layers.CONV_IMPLS, "matmul-ynn"):
+      raise SystemExit(f"--conv: {conv!r} is not one of {(*layers.CONV_IMPLS, 'matmul-ynn')}")
   if "," in args.conv and not args.vs_torch:
     raise SystemExit("--conv lists several values only with --vs_torch")
   if args.vs_torch:

@@ -33,14 +33,16 @@ def flip_features(model, images: jax.Array, image_size: tuple[int, int]) -> jax.
   return model.features(x) + model.features(x[:, :, ::-1, :])
 
 
-def make_extract_step(graphdef, mesh, image_size: tuple[int, int]) -> Callable:
+def make_extract_step(graphdef, mesh, image_size: tuple[int, int],
+                      compiler_options: dict | None = None) -> Callable:
   """jit(state, images uint8 [B, h, w, 3]) -> float32 [B, P, C] part features of each
   image plus those of its flip (not normalised).
 
   ``state`` is the train state ``{"model", "optimizer"}`` (replicated); images are
   uint8 boxes at the transfer size, sharded over the mesh's data axis, resized to
   ``image_size`` (height, width) and normalised on the device in the model's
-  compute dtype (``augment.to_model_input``).
+  compute dtype (``augment.to_model_input``). compiler_options: XLA's, for the model's
+  convolutions (``layers.compiler_options`` of its ``conv``).
   """
   size = tuple(image_size)
 
@@ -50,7 +52,8 @@ def make_extract_step(graphdef, mesh, image_size: tuple[int, int]) -> Callable:
     return flip_features(model, images, size)
 
   return jax.jit(fn, in_shardings=(sharding.replicated(mesh), sharding.data_sharding(mesh)),
-                 out_shardings=sharding.data_sharding(mesh))
+                 out_shardings=sharding.data_sharding(mesh),
+                 compiler_options=compiler_options or None)
 
 
 def extract(step: Callable, state: Any, batches: Iterator[dict[str, np.ndarray]],

@@ -42,6 +42,7 @@ from jreid import stages
 from jreid import stamps
 from jreid import tracks
 from jreid import validation
+from jreid.models import layers
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -310,7 +311,9 @@ def extract_images(config: ml_collections.ConfigDict, query: records_lib.Records
   mesh = sharding.make_mesh()
   trained, graphdef, state, step = restore_trained(trained_dir, mesh)
   logging.info("extract: the model of %s (step %d)", trained_dir, step)
-  extract_step = features_lib.make_extract_step(graphdef, mesh, tuple(trained.data.image_size))
+  extract_step = features_lib.make_extract_step(
+      graphdef, mesh, tuple(trained.data.image_size),
+      layers.compiler_options(stages.model_config(trained).backbone.conv))
   out = []
   for side, rows in (("query", query), ("gallery", gallery)):
     batches, n = image_files.batches([str(p) for p in rows.names], config.eval.batch_size,

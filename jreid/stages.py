@@ -61,6 +61,7 @@ from jreid import sharding
 from jreid import st as st_lib
 from jreid import stamps
 from jreid.models import heads
+from jreid.models import layers
 from jreid.models import mobilenet
 from jreid.models import resnet
 
@@ -368,7 +369,9 @@ def extract(config, workdir: str, builder, data_digest: str, trained: Trained, m
   from jreid import features as features_lib  # pylint: disable=g-import-not-at-top
   from jreid.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
   result = trained.result
-  step = features_lib.make_extract_step(result.graphdef, mesh, tuple(config.data.image_size))
+  step = features_lib.make_extract_step(
+      result.graphdef, mesh, tuple(config.data.image_size),
+      layers.compiler_options(model_config(config).backbone.conv))
   sets = []
   for split in ("query", "gallery"):
     batches, n = data_pipeline.eval_batches(builder, split, config.eval.batch_size,

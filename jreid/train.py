@@ -32,6 +32,7 @@ from jreid import progress
 from jreid import sharding
 from jreid.models import convert
 from jreid.models import heads
+from jreid.models import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +185,8 @@ def create_train_state(params: TrainParams, num_classes: int, steps_per_epoch: i
 
 def make_train_step(graphdef, mesh, seed: int, image_size: tuple[int, int],
                     augment_params: augment.AugmentParams = augment.AugmentParams(),
-                    loss: dict | None = None, crop_pad: int = 0) -> Callable:
+                    loss: dict | None = None, crop_pad: int = 0,
+                    compiler_options: dict | None = None) -> Callable:
   """jit(state, batch, step) -> (state, metrics); batch sharded, state replicated.
 
   batch: {"image": uint8 [B, h, w, 3] at the transfer size, "label": int32 [B]};
@@ -195,7 +197,8 @@ def make_train_step(graphdef, mesh, seed: int, image_size: tuple[int, int],
   crop_pad: on-device pad-and-crop between the flip and erasing (``augment.train_input``;
   padding 0 is the mean colour after normalisation), 0: off. loss: keyword arguments of
   ``losses.reid_loss`` (label_smoothing, triplet_weight, margin; none: the
-  reference's PCB loss).
+  reference's PCB loss). compiler_options: XLA's, for the model's convolutions
+  (``layers.compiler_options`` of its ``conv``).
   """
   base_key = jax.random.key(seed)
   size = tuple(image_size)
@@ -227,7 +230,7 @@ def make_train_step(graphdef, mesh, seed: int, image_size: tuple[int, int],
 
   repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
   return jax.jit(step_fn, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
-                 donate_argnums=0)
+                 donate_argnums=0, compiler_options=compiler_options or None)
 
 
 class _PreemptionFlag:
@@ -393,7 +396,9 @@ def train(params: TrainParams, workdir: str, batches: Callable[[int], Iterator],
                heads.count_params(nnx.merge(graphdef, state)["model"]), jax.device_count(),
                jax.process_count(), params.batch_size, start, total, steps_per_epoch)
   step_fn = make_train_step(graphdef, mesh, params.seed, params.image_size, params.augment,
-                            loss=params.loss, crop_pad=params.crop_pad)
+                            loss=params.loss, crop_pad=params.crop_pad,
+                            compiler_options=layers.compiler_options(
+                                params.model.backbone.conv))
   writer = progress.MetricWriter(os.path.join(workdir, "tensorboard"))
   batch_sharding = sharding.data_sharding(mesh)
   it = batches(start)

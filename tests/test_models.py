@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import struct
 import subprocess
 
@@ -181,6 +182,55 @@ def test_conv_impl_auto_is_matmul_on_cpu_only_and_unknown_names_raise():
     layers.conv_impl("fft")
   with pytest.raises(ValueError, match="model.conv='fft'"):
     layers.Conv(3, 4, 3, 1, jnp.float32, nnx.Rngs(0), "fft")
+
+
+def ynn_and_own_convolutions(hlo: str) -> tuple[int, int]:
+  """(convolutions XLA:CPU hands to YNNPACK, convolutions it runs itself) in a compiled
+  module's text: a convolution in a computation that a "__ynn_fusion" fusion calls is
+  YNNPACK's."""
+  bodies, name = {}, None
+  for line in hlo.splitlines():
+    if line and not line[0].isspace() and line.rstrip().endswith("{"):
+      name = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+      bodies[name] = []
+    elif name is not None:
+      bodies[name].append(line)
+  ynn = {c for lines in bodies.values() for line in lines if '"__ynn_fusion"' in line
+         for c in re.findall(r"calls=%?([\w.-]+)", line)}
+  counts = [0, 0]
+  for comp, lines in bodies.items():
+    counts[comp not in ynn] += sum(" convolution(" in line for line in lines)
+  return counts[0], counts[1]
+
+
+def test_cpu_compiler_options_give_the_convolutions_to_xlas_own_kernel():
+  """model.conv "auto"/"matmul" on a CPU: compiled with CPU_COMPILER_OPTIONS, every k x k
+  convolution and its gradients run on XLA's kernel, none in a YNNPACK fusion (XLA's
+  default), with the same values to float32 rounding; "xla", and other backends, get
+  XLA's defaults."""
+  assert layers.compiler_options("auto", "cpu") == layers.CPU_COMPILER_OPTIONS
+  assert layers.compiler_options("matmul", "cpu") == layers.CPU_COMPILER_OPTIONS
+  for impl, backend in (("xla", "cpu"), ("auto", "gpu"), ("auto", "tpu"), ("matmul", "gpu")):
+    assert layers.compiler_options(impl, backend) == {}
+  if jax.default_backend() != "cpu":
+    pytest.skip("compiles for XLA:CPU; JAX's default backend here is another")
+  rng = np.random.default_rng(0)
+  # (XLA keeps convolutions much smaller than this one out of YNNPACK by itself.)
+  x = jnp.asarray(rng.standard_normal((8, 32, 16, 32)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 32, 32)), jnp.float32)
+
+  def fwd_bwd(x, kernel):
+    y, vjp = jax.vjp(lambda x, k: jax.lax.conv_general_dilated(
+        x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")), x, kernel)
+    return (y, *vjp(jnp.cos(y)))
+
+  default = jax.jit(fwd_bwd).lower(x, kernel).compile()
+  tuned = jax.jit(fwd_bwd, compiler_options=layers.compiler_options("auto", "cpu")).lower(
+      x, kernel).compile()
+  assert ynn_and_own_convolutions(default.as_text()) == (3, 0)
+  assert ynn_and_own_convolutions(tuned.as_text()) == (0, 3)
+  for a, b in zip(tuned(x, kernel), default(x, kernel)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
 
 
 @pytest.mark.parametrize("backbone", [

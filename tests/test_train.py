@@ -186,6 +186,44 @@ def test_loss_goes_down(builder):
   assert np.mean(losses[-k:]) < 0.8 * np.mean(losses[:k])
 
 
+def test_the_train_and_extract_steps_take_the_convolutions_compiler_options(builder, tmp_path,
+                                                                          monkeypatch):
+  """On a CPU the training loop compiles its step with layers.compiler_options of the
+  model's conv: no convolution of the step (forward, input and kernel gradients) in a
+  YNNPACK fusion; without the options XLA puts convolutions there. The extraction step
+  too."""
+  import test_models  # pylint: disable=g-import-not-at-top  (tests/)
+  from jreid import features  # pylint: disable=g-import-not-at-top
+  from jreid.models import layers  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() != "cpu":
+    pytest.skip("compiles for XLA:CPU; JAX's default backend here is another")
+  config = _config()
+  params = stages.train_params(config)
+  seen = []
+  make = train.make_train_step
+  monkeypatch.setattr(train, "make_train_step",
+                      lambda *a, **k: seen.append(k.get("compiler_options")) or make(*a, **k))
+  config.train.epochs = 1
+  _run(config, str(tmp_path / "run"), builder)
+  assert seen == [layers.compiler_options(params.model.backbone.conv)] == [
+      layers.CPU_COMPILER_OPTIONS]
+  # A model large enough for XLA to give its convolutions to YNNPACK by default.
+  config.model.width, config.data.image_size = 32, (64, 32)
+  mesh = sharding.make_mesh()
+  graphdef, state = train.create_train_state(stages.train_params(config), 5, 3)
+  state = jax.device_put(state, sharding.replicated(mesh))
+  size = tuple(config.data.image_size)
+  batch = {"image": jnp.zeros((8, *size, 3), jnp.uint8), "label": jnp.zeros(8, jnp.int32)}
+  for options, counts in (({}, lambda ynn, own: ynn > 0),
+                          (layers.CPU_COMPILER_OPTIONS, lambda ynn, own: ynn == 0 and own > 0)):
+    step = make(graphdef, mesh, 0, size, compiler_options=options)
+    hlo = step.lower(state, batch, jnp.int32(0)).compile().as_text()
+    assert counts(*test_models.ynn_and_own_convolutions(hlo)), options
+    extract = features.make_extract_step(graphdef, mesh, size, options)
+    hlo = extract.lower(state, batch["image"]).compile().as_text()
+    assert counts(*test_models.ynn_and_own_convolutions(hlo)), options
+
+
 def test_a_schedule_of_less_than_one_step_is_an_error(builder, tmp_path):
   """train.epochs=0.01 (a few images' worth) would train nothing and evaluate an
   untrained model: the train stage stops before writing anything."""

@@ -23,7 +23,7 @@ no torch), e.g. the benchmarks' ``~/.cache/jreid/torch_venv``:
       and writes its eval-mode output for INPUT's "x" (float32 [B, 3, H, W]) as "y".
 
 The CUDA build of torchvision needs its operator schemas defined before import on a
-CPU-only torch: done here as ``benchmarks/reference_parity.py``'s sitecustomize.
+CPU-only torch: ``TORCHVISION_SHIM``, also the reference-parity venvs' sitecustomize.
 """
 
 import collections
@@ -38,18 +38,37 @@ TORCH_PYTHON = os.environ.get("JREID_TORCH_PYTHON",
                               os.path.expanduser("~/.cache/jreid/torch_venv/bin/python"))
 
 
+# torchvision's operator schemas, defined only where its own C++ ops cannot load (its CUDA
+# wheel beside a CPU torch: torchvision's import then fails registering nms and qnms).
+# Where they load (a CPU torchvision, or torch 2.14.1 with torchvision 0.29.1) torchvision
+# defines them itself, and defining them first would make its import fail. Also written as
+# the reference-parity venvs' sitecustomize.py (``benchmarks/reference_parity.py``).
+TORCHVISION_SHIM = '''import glob, importlib.util, os, torch
+def _jreid_torchvision_schemas():
+  spec = importlib.util.find_spec("torchvision")
+  if spec is None:
+    return None
+  for lib_path in glob.glob(os.path.join(spec.submodule_search_locations[0], "_C*.so")):
+    try:
+      torch.ops.load_library(lib_path)
+      return None
+    except (OSError, RuntimeError):
+      pass
+  lib = torch.library.Library("torchvision", "FRAGMENT")
+  lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+  lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+  return lib
+_jreid_torchvision_lib = _jreid_torchvision_schemas()  # kept alive
+'''
+
+
 def _torch():
-  """torch, with torchvision's operator schemas defined (importable without torch: the
-  tests import ``to_torchvision_names``)."""
-  import torch  # pylint: disable=g-import-not-at-top
-  try:
-    lib = torch.library.Library("torchvision", "FRAGMENT")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _torch.lib = lib  # kept alive
-  except Exception:  # pylint: disable=broad-except  (a CPU torchvision defines them itself)
-    pass
-  return torch
+  """torch, with torchvision importable (TORCHVISION_SHIM; this module is importable without
+  torch: the tests import ``to_torchvision_names``)."""
+  if not hasattr(_torch, "shim"):
+    _torch.shim = {}
+    exec(TORCHVISION_SHIM, _torch.shim)  # pylint: disable=exec-used
+  return _torch.shim["torch"]
 
 
 def state_dict():
