@@ -120,14 +120,18 @@ def test_bfloat16_compute_float32_params():
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-@pytest.mark.parametrize("k,stride,hw", [(1, 1, (6, 5)), (1, 2, (7, 6)), (3, 1, (6, 5)),
-                                         (3, 2, (7, 6)), (7, 2, (9, 8))])
-def test_conv_as_matrix_products_equals_xlas_convolution_forward_and_backward(k, stride, hw):
-  """layers.conv_matmul (im2col x kernel) against lax.conv_general_dilated at HIGHEST
+@pytest.mark.parametrize("k,stride,hw,cout", [(1, 1, (6, 5), 4), (1, 2, (7, 6), 4),
+                                              (1, 1, (6, 5), 9), (1, 2, (7, 6), 9),
+                                              (3, 1, (6, 5), 4), (3, 2, (7, 6), 4),
+                                              (7, 2, (9, 8), 4)])
+def test_conv_as_matrix_products_equals_xlas_convolution_forward_and_backward(k, stride, hw,
+                                                                              cout):
+  """layers.conv_matmul (im2col x kernel; for 1x1, ``pointwise``, whose kernel gradient
+  takes another product when cout > cin) against lax.conv_general_dilated at HIGHEST
   precision: the same output, input gradient and kernel gradient."""
-  rng = np.random.default_rng(k * 10 + stride)
+  rng = np.random.default_rng(k * 10 + stride + cout)
   x = jnp.asarray(rng.standard_normal((2, *hw, 5)), jnp.float32)
-  kernel = jnp.asarray(rng.standard_normal((k, k, 5, 4)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((k, k, 5, cout)), jnp.float32)
   pad = (k - 1) // 2
 
   def xla(x, kernel):
@@ -141,7 +145,8 @@ def test_conv_as_matrix_products_equals_xlas_convolution_forward_and_backward(k,
 
   want = xla(x, kernel)
   got = matmul(x, kernel)
-  assert got.shape == want.shape == (2, (hw[0] - 1) // stride + 1, (hw[1] - 1) // stride + 1, 4)
+  assert got.shape == want.shape == (2, (hw[0] - 1) // stride + 1, (hw[1] - 1) // stride + 1,
+                                     cout)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   cotangent = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
   for g, w in zip(jax.vjp(matmul, x, kernel)[1](cotangent), jax.vjp(xla, x, kernel)[1](cotangent)):
@@ -182,6 +187,25 @@ def test_conv_impl_auto_is_matmul_on_cpu_only_and_unknown_names_raise():
     layers.conv_impl("fft")
   with pytest.raises(ValueError, match="model.conv='fft'"):
     layers.Conv(3, 4, 3, 1, jnp.float32, nnx.Rngs(0), "fft")
+
+
+@pytest.mark.parametrize("k,stride,pad,hw", [(3, 2, 1, (16, 8)), (3, 2, 1, (15, 7)),
+                                           (2, 2, 0, (8, 6)), (3, 1, 1, (5, 4))])
+def test_max_pool_values_and_gradient_equal_nnx_max_pool(k, stride, pad, hw):
+  """layers.max_pool's "matmul" gradient (per-tap selects) is nnx.max_pool's: each window's
+  cotangent to its first maximum, ties included (ReLU zeros, equal windows), summed in
+  another order; its values are nnx.max_pool's exactly; "xla" is nnx.max_pool."""
+  rng = np.random.default_rng(k + stride + hw[0])
+  x = np.maximum(rng.standard_normal((2, *hw, 3)), 0).astype(np.float32)  # many ties at 0
+  x[0, :4, :4, 0] = 1.5  # a block of equal maxima
+  x = jnp.asarray(x)
+  ref = lambda x: nnx.max_pool(x, (k, k), (stride, stride), padding=((pad, pad), (pad, pad)))
+  y, vjp = jax.vjp(ref, x)
+  g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  for impl in ("xla", "matmul"):
+    got, got_vjp = jax.vjp(lambda x: layers.max_pool(x, k, stride, pad, impl), x)
+    np.testing.assert_array_equal(got, y)
+    np.testing.assert_allclose(jax.jit(got_vjp)(g)[0], vjp(g)[0], rtol=1e-6, atol=1e-6)
 
 
 def ynn_and_own_convolutions(hlo: str) -> tuple[int, int]:

@@ -138,7 +138,7 @@ class ResNet(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.astype(self.config.dtype)
     x = nnx.relu(self.bn1(self.conv1(x)))
-    x = nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = layers.max_pool(x, 3, 2, 1, self.config.conv)
     for blocks in self.layers:
       for b in blocks:
         x = b(x)
