@@ -28,8 +28,8 @@ convolutions.) MFU = counted FLOPs / step time / --peak_tflops (per device; e.g.
 torchvision 0.28.0, never ``requirements.txt``): torchvision's ResNet or MobileNetV2 with the
 same strides, head, loss and optimiser, parameter counts printed for both. ``--cases`` lists
 networks as NET-RECIPE-HxW; ``--conv`` may list several ``model.conv`` values, each timed,
-and "matmul-ynn": "matmul" compiled without ``layers.compiler_options`` (1x1 convolutions as
-matrix products, the others YNNPACK's, as jreid computed on CPUs before it set them). The
+and "matmul-ynn": "matmul" compiled without ``layers.compiler_options`` (XLA's defaults: the
+k x k convolutions YNNPACK's instead of XLA's own kernel), the options' effect alone. The
 table of ``docs/cpu_training.md``:
 
   python benchmarks/train_step.py --vs_torch --conv=xla,matmul-ynn,auto --steps=2 --rounds=3 \
