@@ -55,12 +55,11 @@ def main():
   from jreid import scoring  # pylint: disable=g-import-not-at-top
   from jreid import sharding  # pylint: disable=g-import-not-at-top
   from jreid import stages  # pylint: disable=g-import-not-at-top
-  from jreid.models import layers  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh()
   trained, graphdef, state, step = jobs.restore_trained(args.trained_workdir, mesh)
   size = tuple(trained.data.image_size)
   extract = features_lib.make_extract_step(
-      graphdef, mesh, size, layers.compiler_options(stages.model_config(trained).backbone.conv))
+      graphdef, mesh, size, stages.model_config(trained).backbone.compiler_options())
   rows = {}
   for side, folder in (("query", "query"), ("gallery", "bounding_box_test")):
     records, images = load(os.path.join(args.market_root, folder))

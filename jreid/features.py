@@ -42,7 +42,7 @@ def make_extract_step(graphdef, mesh, image_size: tuple[int, int],
   uint8 boxes at the transfer size, sharded over the mesh's data axis, resized to
   ``image_size`` (height, width) and normalised on the device in the model's
   compute dtype (``augment.to_model_input``). compiler_options: XLA's, for the model's
-  convolutions (``layers.compiler_options`` of its ``conv``).
+  convolutions (its backbone config's ``compiler_options()``).
   """
   size = tuple(image_size)
 

@@ -42,7 +42,6 @@ from jreid import stages
 from jreid import stamps
 from jreid import tracks
 from jreid import validation
-from jreid.models import layers
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -313,7 +312,7 @@ def extract_images(config: ml_collections.ConfigDict, query: records_lib.Records
   logging.info("extract: the model of %s (step %d)", trained_dir, step)
   extract_step = features_lib.make_extract_step(
       graphdef, mesh, tuple(trained.data.image_size),
-      layers.compiler_options(stages.model_config(trained).backbone.conv))
+      stages.model_config(trained).backbone.compiler_options())
   out = []
   for side, rows in (("query", query), ("gallery", gallery)):
     batches, n = image_files.batches([str(p) for p in rows.names], config.eval.batch_size,

@@ -61,7 +61,6 @@ from jreid import sharding
 from jreid import st as st_lib
 from jreid import stamps
 from jreid.models import heads
-from jreid.models import layers
 from jreid.models import mobilenet
 from jreid.models import resnet
 
@@ -371,7 +370,7 @@ def extract(config, workdir: str, builder, data_digest: str, trained: Trained, m
   result = trained.result
   step = features_lib.make_extract_step(
       result.graphdef, mesh, tuple(config.data.image_size),
-      layers.compiler_options(model_config(config).backbone.conv))
+      model_config(config).backbone.compiler_options())
   sets = []
   for split in ("query", "gallery"):
     batches, n = data_pipeline.eval_batches(builder, split, config.eval.batch_size,

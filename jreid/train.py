@@ -32,7 +32,6 @@ from jreid import progress
 from jreid import sharding
 from jreid.models import convert
 from jreid.models import heads
-from jreid.models import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +197,7 @@ def make_train_step(graphdef, mesh, seed: int, image_size: tuple[int, int],
   padding 0 is the mean colour after normalisation), 0: off. loss: keyword arguments of
   ``losses.reid_loss`` (label_smoothing, triplet_weight, margin; none: the
   reference's PCB loss). compiler_options: XLA's, for the model's convolutions
-  (``layers.compiler_options`` of its ``conv``).
+  (its backbone config's ``compiler_options()``).
   """
   base_key = jax.random.key(seed)
   size = tuple(image_size)
@@ -397,8 +396,7 @@ def train(params: TrainParams, workdir: str, batches: Callable[[int], Iterator],
                jax.process_count(), params.batch_size, start, total, steps_per_epoch)
   step_fn = make_train_step(graphdef, mesh, params.seed, params.image_size, params.augment,
                             loss=params.loss, crop_pad=params.crop_pad,
-                            compiler_options=layers.compiler_options(
-                                params.model.backbone.conv))
+                            compiler_options=params.model.backbone.compiler_options())
   writer = progress.MetricWriter(os.path.join(workdir, "tensorboard"))
   batch_sharding = sharding.data_sharding(mesh)
   it = batches(start)

@@ -230,12 +230,16 @@ def ynn_and_own_convolutions(hlo: str) -> tuple[int, int]:
 def test_cpu_compiler_options_give_the_convolutions_to_xlas_own_kernel():
   """model.conv "auto"/"matmul" on a CPU: compiled with CPU_COMPILER_OPTIONS, every k x k
   convolution and its gradients run on XLA's kernel, none in a YNNPACK fusion (XLA's
-  default), with the same values to float32 rounding; "xla", and other backends, get
-  XLA's defaults."""
+  default), with the same values to float32 rounding; "xla", other backends and
+  MobileNetV2 get XLA's defaults."""
   assert layers.compiler_options("auto", "cpu") == layers.CPU_COMPILER_OPTIONS
   assert layers.compiler_options("matmul", "cpu") == layers.CPU_COMPILER_OPTIONS
   for impl, backend in (("xla", "cpu"), ("auto", "gpu"), ("auto", "tpu"), ("matmul", "gpu")):
     assert layers.compiler_options(impl, backend) == {}
+  # Per backbone: ResNet's k x k convolutions take them; MobileNetV2 (one, its stem) not.
+  assert resnet.BackboneConfig().compiler_options() == layers.compiler_options("auto")
+  assert resnet.BackboneConfig(conv="xla").compiler_options() == {}
+  assert mobilenet.MobileNetV2Config().compiler_options() == {}
   if jax.default_backend() != "cpu":
     pytest.skip("compiles for XLA:CPU; JAX's default backend here is another")
   rng = np.random.default_rng(0)

@@ -188,8 +188,8 @@ def test_loss_goes_down(builder):
 
 def test_the_train_and_extract_steps_take_the_convolutions_compiler_options(builder, tmp_path,
                                                                           monkeypatch):
-  """On a CPU the training loop compiles its step with layers.compiler_options of the
-  model's conv: no convolution of the step (forward, input and kernel gradients) in a
+  """On a CPU the training loop compiles its step with its backbone's compiler options
+  (a ResNet's: layers.compiler_options of its conv): no convolution of the step (forward, input and kernel gradients) in a
   YNNPACK fusion; without the options XLA puts convolutions there. The extraction step
   too."""
   import test_models  # pylint: disable=g-import-not-at-top  (tests/)
@@ -205,8 +205,7 @@ def test_the_train_and_extract_steps_take_the_convolutions_compiler_options(buil
                       lambda *a, **k: seen.append(k.get("compiler_options")) or make(*a, **k))
   config.train.epochs = 1
   _run(config, str(tmp_path / "run"), builder)
-  assert seen == [layers.compiler_options(params.model.backbone.conv)] == [
-      layers.CPU_COMPILER_OPTIONS]
+  assert seen == [params.model.backbone.compiler_options()] == [layers.CPU_COMPILER_OPTIONS]
   # A model large enough for XLA to give its convolutions to YNNPACK by default.
   config.model.width, config.data.image_size = 32, (64, 32)
   mesh = sharding.make_mesh()

@@ -45,6 +45,11 @@ class BackboneConfig:
   dtype: Any = jnp.float32
   conv: str = "auto"
 
+  def compiler_options(self) -> dict[str, str]:
+    """XLA compile options of the steps that run this backbone (``layers.compiler_options``:
+    on a CPU its k x k convolutions on XLA's own kernel)."""
+    return layers.compiler_options(self.conv)
+
   @property
   def blocks(self) -> tuple[int, ...]:
     return tuple(self.stage_blocks) if self.stage_blocks else STAGE_BLOCKS[self.depth]
