@@ -261,6 +261,24 @@ def test_cpu_compiler_options_give_the_convolutions_to_xlas_own_kernel():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
 
 
+def test_an_xla_without_the_cpu_option_gets_none_with_a_warning(monkeypatch, caplog):
+  """Another jaxlib that does not know the option: compiled with XLA's defaults, and one
+  warning that names the option and XLA's refusal, instead of a failed compilation."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("probes XLA:CPU; JAX's default backend here is another")
+  monkeypatch.setattr(layers, "CPU_COMPILER_OPTIONS",
+                      {"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_FUSION_TYPE"})
+  layers._cpu_accepts_options.cache_clear()  # pylint: disable=protected-access
+  try:
+    with caplog.at_level("WARNING"):
+      assert layers.compiler_options("auto", "cpu") == {}
+      assert layers.compiler_options("auto", "cpu") == {}
+  finally:
+    layers._cpu_accepts_options.cache_clear()  # pylint: disable=protected-access
+  warned = [r.getMessage() for r in caplog.records if "does not take" in r.getMessage()]
+  assert len(warned) == 1 and "NO_SUCH_FUSION_TYPE" in warned[0], warned
+
+
 @pytest.mark.parametrize("backbone", [
     resnet.BackboneConfig(depth=0, width=4, stage_blocks=(1, 1, 1, 1), bottleneck=True),
     resnet.BackboneConfig(depth=0, width=4, stage_blocks=(1, 1, 1, 1), bottleneck=False,

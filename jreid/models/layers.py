@@ -1,4 +1,4 @@
-"""The convolution of jreid's backbones: XLA's convolution, or a matrix product for 1x1.
+"""The convolution and max-pool of jreid's backbones: XLA's, or the CPU's formulation.
 
 ``Conv`` is a k x k convolution without bias, stride s, symmetric padding (k - 1) // 2,
 with ``nnx.Conv``'s parameter (``kernel`` [k, k, cin, cout]) and attributes
@@ -10,11 +10,12 @@ conversion and the ONNX export read it as one. ``impl`` chooses how it is comput
   strided input when s > 1), the others as "xla". XLA:CPU runs these products
   1.2-1.7x faster than its 1x1 convolutions, forward and backward, while its k x k
   convolutions beat every matrix-product form of them (``conv_matmul``'s im2col,
-  per-tap products). On a CPU the steps that run the model are also compiled with
-  ``compiler_options``: XLA:CPU then computes the k x k convolutions with its
-  multi-threaded Eigen kernel instead of YNNPACK's, 1.1-4.6x faster for every
-  convolution of ResNet and MobileNetV2 (kernel gradients of the 64-channel layers
-  most). ``docs/cpu_training.md`` has the measurements;
+  per-tap products). The 1x1 kernel gradient is ``pointwise``'s, and ``max_pool``'s
+  gradient is taken by per-tap selects. On a CPU a ResNet's steps are also compiled
+  with ``compiler_options`` (``resnet.BackboneConfig.compiler_options``): XLA:CPU then
+  computes the k x k convolutions with its multi-threaded Eigen kernel instead of
+  YNNPACK's, 1.2-3.5x faster for each of ResNet-18's (forward and both gradients; the
+  64-channel layers most). ``docs/cpu_training.md`` has the measurements;
 - "auto": "matmul" on CPUs, "xla" on every other backend (``conv_impl``).
 
 The two differ only in the order of the floating-point sums.
@@ -62,8 +63,8 @@ def compiler_options(impl: str, backend: str | None = None) -> dict[str, str]:
 @functools.cache
 def _cpu_accepts_options() -> bool:
   try:
-    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS,
-            backend="cpu").lower(jnp.float32(0)).compile()
+    x = jax.device_put(jnp.float32(0), jax.local_devices(backend="cpu")[0])
+    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(x).compile()
     return True
   except Exception as e:  # pylint: disable=broad-except  (an XLA without the option)
     logging.warning("model.conv: this XLA:CPU does not take %s (%s); its convolutions "
@@ -111,7 +112,8 @@ def pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
   cotangent. (XLA:CPU's matrix product wants its right operand contracted on the minor
   dimension, so the kernel gradient x^T g copies one of them transposed: left to itself
   it copies g, 4x wider than x in a bottleneck's expanding 1x1 convolution; that
-  copy ran 2-4.5x slower than the product itself. The products are the same.)"""
+  copy ran 2-4.5x slower than the product itself. Either product gives the same
+  kernel gradient.)"""
   return jnp.dot(x, kernel)
 
 
@@ -159,7 +161,6 @@ class Conv(nnx.Module):
       return conv_matmul(x, kernel, stride, pad)
     return jax.lax.conv_general_dilated(x, kernel, self.strides, self.padding,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
 
 
 def max_pool(x: jax.Array, k: int, stride: int, pad: int, impl: str = "auto") -> jax.Array:
