@@ -118,3 +118,9 @@ class TopK:
   def score(self) -> np.ndarray:
     """[Q, k] the score the lists are ranked by."""
     return self.joint if self.ranked_by == "joint" else self.visual
+
+  @property
+  def real(self) -> np.ndarray:
+    """bool [Q, k]: a real result, not an item the protocol left out (score -inf, ranked
+    after every real one), so each row is True, then False."""
+    return ~np.isneginf(self.score)

@@ -12,7 +12,6 @@ as ``rank_lists.json`` and ``ranked_list_picture`` draws a few queries' lists
 from __future__ import annotations
 
 import dataclasses
-import math
 import functools
 from typing import Any, Callable, Sequence
 
@@ -286,12 +285,12 @@ def rank_lists(result: protocol.TopK, query: Records, gallery: Records,
   visual = result.visual.tolist()
   prob = no_values if result.st_probability is None else result.st_probability.tolist()
   joint = no_values if result.joint is None else result.joint.tolist()
-  ranking = visual if result.joint is None else joint
+  real = result.real.tolist()
   queries = []
   for q, row in enumerate(index.tolist()):
     results = []
     for rank, g in enumerate(row):
-      if ranking[q][rank] == -math.inf:
+      if not real[q][rank]:
         break  # the rest are items left out
       item = dict(rank=rank + 1, **gallery_items[g], visual=visual[q][rank],
                   st_probability=prob[q][rank], joint=joint[q][rank])
@@ -363,8 +362,7 @@ def ranked_list_picture(result: protocol.TopK, query: Records, gallery: Records,
              for g in row] for row in top]
   titles = [(f"query id {query.person_ids[q]}\n" if labelled else "query\n") +
             cam(query.cameras[q]) + when(query.times[q]) for q in picks]
-  score = result.score[picks, :k]
-  real = np.isfinite(score)
+  score, real = result.score[picks, :k], result.real[picks, :k]
   return plots.plot_ranked_lists(
       [load_image(str(query.names[q])) for q in picks],
       [[load_image(str(gallery.names[g])) if ok else None for g, ok in zip(row, oks)]

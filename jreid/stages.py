@@ -512,7 +512,7 @@ def pictures(config, builder, query: records_lib.Records, gallery: records_lib.R
     return None
   start = time.time()
   picks = np.linspace(0, len(query) - 1, n).astype(int)
-  shown = np.unique(top.index[picks, :10][np.isfinite(top.score[picks, :10])])
+  shown = np.unique(top.index[picks, :10][top.real[picks, :10]])
   # The picture reads images by name: each row is named "<split>/<row>".
   images = {f"query/{i}": x for i, x in market1501.decoded_images(builder, "query", picks).items()}
   images.update({f"gallery/{i}": x

@@ -635,3 +635,18 @@ def test_the_extract_job_on_a_table_without_gallery_rows_says_so(tmp_path):
   with pytest.raises(errors.InputError, match=r"extract: no gallery rows in .*t.csv \(its split "
                      r"column names no 'gallery' row\)"):
     jobs.run(config, str(tmp_path / "w"))
+
+
+def test_top_k_real_marks_the_results_before_the_left_out_items():
+  """TopK.real: True for each result, False from the first item the protocol left out
+  (score -inf) on, by the score the lists are ranked by."""
+  inf = np.inf
+  visual = np.array([[0.9, 0.8, 0.7], [0.5, 0.2, -inf]], np.float32)
+  joint = np.array([[0.4, -inf, -inf], [0.3, 0.1, -inf]], np.float32)
+  index = np.array([[0, 1, 2], [2, 0, 1]])
+  np.testing.assert_array_equal(
+      protocol.TopK(index, visual, None, joint, "joint").real,
+      [[True, False, False], [True, True, False]])
+  np.testing.assert_array_equal(
+      protocol.TopK(index, visual, None, None, "visual").real,
+      [[True, True, True], [True, True, False]])
