@@ -17,6 +17,7 @@ globally trained backbone stays below under every pooling, the gap between them 
 in what training taught the backbone, not in the pooling (docs/strong_baseline.md).
 """
 
+import functools
 import json
 import os
 import sys
@@ -68,7 +69,8 @@ def pooled_features(workdir: str, mesh) -> tuple[dict, int]:
   builder, _ = stages.prepare_data(config, workdir)
   size = tuple(config.data.image_size)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=(
+      stages.model_config(config).backbone.compiler_options() or None))
   def step(state, images):
     model = nnx.merge(graphdef, state)["model"]
     model.eval()

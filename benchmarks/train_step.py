@@ -282,8 +282,8 @@ def main():
   parser.add_argument("--batch", type=int, default=32, help="per device")
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--conv", default="auto",
-                      help="config.model.conv: auto, xla or matmul (with --vs_torch a comma "
-                           "list: each is timed)")
+                      help="config.model.conv: auto, xla, matmul, or matmul-ynn (matmul with "
+                           "XLA's defaults); with --vs_torch a comma list: each is timed")
   parser.add_argument("--steps", type=int, default=5, help="per timing round")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--classes", type=int, default=751)

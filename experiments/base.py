@@ -104,7 +104,7 @@ def training_config() -> ml_collections.ConfigDict:
   config.model.bottleneck = 256
   config.model.dropout = 0.5
   config.model.dtype = "float32"  # or "bfloat16" (parameters stay float32)
-  config.model.conv = "auto"      # "auto": 1x1 convolutions as matrix products on CPUs ("matmul"), XLA's elsewhere ("xla")
+  config.model.conv = "auto"      # "auto": on CPUs "matmul" (jreid.models.layers: 1x1 as matrix products, k x k on XLA's own kernel), elsewhere XLA's ("xla")
   config.model.imagenet = ""      # ImageNet backbone: .pth/.pt (torch.save), .safetensors or .npz
 
   config.loss = ml_collections.ConfigDict()

@@ -206,6 +206,11 @@ def test_max_pool_values_and_gradient_equal_nnx_max_pool(k, stride, pad, hw):
     got, got_vjp = jax.vjp(lambda x: layers.max_pool(x, k, stride, pad, impl), x)
     np.testing.assert_array_equal(got, y)
     np.testing.assert_allclose(jax.jit(got_vjp)(g)[0], vjp(g)[0], rtol=1e-6, atol=1e-6)
+    # "matmul" takes the per-tap gradient (no arg-max scatter); "xla" nnx.max_pool's.
+    grad = jax.make_jaxpr(jax.grad(lambda x: layers.max_pool(x, k, stride, pad, impl).sum()))(x)
+    scatters = [e for e in grad.jaxpr.eqns if "select_and" in e.primitive.name or
+                "scatter" in e.primitive.name or e.primitive.name == "reduce_window"]
+    assert bool(scatters) == (impl == "xla"), (impl, [e.primitive.name for e in scatters])
 
 
 def ynn_and_own_convolutions(hlo: str) -> tuple[int, int]:
@@ -237,7 +242,9 @@ def test_cpu_compiler_options_give_the_convolutions_to_xlas_own_kernel():
   for impl, backend in (("xla", "cpu"), ("auto", "gpu"), ("auto", "tpu"), ("matmul", "gpu")):
     assert layers.compiler_options(impl, backend) == {}
   # Per backbone: ResNet's k x k convolutions take them; MobileNetV2 (one, its stem) not.
-  assert resnet.BackboneConfig().compiler_options() == layers.compiler_options("auto")
+  on_cpu = jax.default_backend() == "cpu"
+  assert resnet.BackboneConfig().compiler_options() == (layers.CPU_COMPILER_OPTIONS
+                                                        if on_cpu else {})
   assert resnet.BackboneConfig(conv="xla").compiler_options() == {}
   assert mobilenet.MobileNetV2Config().compiler_options() == {}
   if jax.default_backend() != "cpu":

@@ -8,14 +8,15 @@ conversion and the ONNX export read it as one. ``impl`` chooses how it is comput
 - "xla": ``lax.conv_general_dilated`` (cuDNN on GPUs, the TPU's convolution units);
 - "matmul": 1x1 convolutions as one matrix product [B h w, cin] x [cin, cout] (of the
   strided input when s > 1), the others as "xla". XLA:CPU runs these products
-  1.2-1.7x faster than its 1x1 convolutions, forward and backward, while its k x k
+  faster than its 1x1 convolutions, forward and backward, while its k x k
   convolutions beat every matrix-product form of them (``conv_matmul``'s im2col,
   per-tap products). The 1x1 kernel gradient is ``pointwise``'s, and ``max_pool``'s
   gradient is taken by per-tap selects. On a CPU a ResNet's steps are also compiled
   with ``compiler_options`` (``resnet.BackboneConfig.compiler_options``): XLA:CPU then
   computes the k x k convolutions with its multi-threaded Eigen kernel instead of
-  YNNPACK's, 1.2-3.5x faster for each of ResNet-18's (forward and both gradients; the
-  64-channel layers most). ``docs/cpu_training.md`` has the measurements;
+  YNNPACK's, 1.1-3.6x faster for each of ResNet-18's (forward and both gradients; the
+  64-channel layers most). ``pointwise`` and ``max_pool``'s gradient are custom VJPs:
+  reverse-mode only. ``docs/cpu_training.md`` has the measurements;
 - "auto": "matmul" on CPUs, "xla" on every other backend (``conv_impl``).
 
 The two differ only in the order of the floating-point sums.

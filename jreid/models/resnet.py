@@ -5,7 +5,8 @@ Images are NHWC float; the backbone returns the last feature map [B, h, w, C]
 symmetric as in torchvision, so ImageNet weights converted from PyTorch
 (``jreid.models.convert``) give the same activations. Bottleneck blocks put the
 stride on the 3x3 convolution (torchvision's ResNet v1.5). Convolutions are
-``layers.Conv`` (1x1 ones as matrix products on CPUs: ``conv``).
+``layers.Conv`` and the max-pool ``layers.max_pool`` (on CPUs computed for XLA:CPU's
+kernels: ``conv``, ``layers``).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ class BackboneConfig:
     stage_blocks: blocks per stage, overriding the depth's.
     bottleneck: bottleneck blocks (ResNet-50) or basic blocks (18/34).
     dtype: compute dtype (float32 or bfloat16); parameters stay float32.
-    conv: how convolutions are computed, a ``layers.CONV_IMPLS`` name ("auto": 1x1
-      ones as matrix products on CPUs, XLA's convolution elsewhere).
+    conv: how convolutions and the max-pool are computed, a ``layers.CONV_IMPLS`` name
+      ("auto": on CPUs 1x1 ones as matrix products, the others on XLA's own kernel
+      (``compiler_options``), the max-pool's gradient by taps; XLA's elsewhere).
   """
   depth: int = 50
   last_stride: int = 1
