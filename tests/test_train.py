@@ -221,6 +221,15 @@ def test_the_train_and_extract_steps_take_the_convolutions_compiler_options(buil
     extract = features.make_extract_step(graphdef, mesh, size, options)
     hlo = extract.lower(state, batch["image"]).compile().as_text()
     assert counts(*test_models.ynn_and_own_convolutions(hlo)), options
+  # bfloat16 compute: XLA's own kernel takes it too, and the step trains.
+  config.model.dtype = "bfloat16"
+  graphdef, state = train.create_train_state(stages.train_params(config), 5, 3)
+  state = jax.device_put(state, sharding.replicated(mesh))
+  step = make(graphdef, mesh, 0, size, compiler_options=layers.CPU_COMPILER_OPTIONS)
+  hlo = step.lower(state, batch, jnp.int32(0)).compile().as_text()
+  assert test_models.ynn_and_own_convolutions(hlo)[0] == 0
+  _, metrics = step(state, batch, jnp.int32(0))
+  assert np.isfinite(float(metrics["loss"]))
 
 
 def test_a_schedule_of_less_than_one_step_is_an_error(builder, tmp_path):
