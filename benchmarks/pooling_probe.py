@@ -69,8 +69,7 @@ def pooled_features(workdir: str, mesh) -> tuple[dict, int]:
   builder, _ = stages.prepare_data(config, workdir)
   size = tuple(config.data.image_size)
 
-  @functools.partial(jax.jit, compiler_options=(
-      stages.model_config(config).backbone.compiler_options() or None))
+  @functools.partial(jax.jit, compiler_options=stages.compiler_options(config) or None)
   def step(state, images):
     model = nnx.merge(graphdef, state)["model"]
     model.eval()

@@ -59,7 +59,7 @@ def main():
   trained, graphdef, state, step = jobs.restore_trained(args.trained_workdir, mesh)
   size = tuple(trained.data.image_size)
   extract = features_lib.make_extract_step(
-      graphdef, mesh, size, stages.model_config(trained).backbone.compiler_options())
+      graphdef, mesh, size, stages.compiler_options(trained))
   rows = {}
   for side, folder in (("query", "query"), ("gallery", "bounding_box_test")):
     records, images = load(os.path.join(args.market_root, folder))

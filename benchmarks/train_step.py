@@ -155,8 +155,7 @@ class JreidStep:
     step = train.make_train_step(graphdef, mesh, 0, (H, W), augment.AugmentParams(),
                                  loss=config.loss.to_dict(),
                                  compiler_options=({} if args.conv == "matmul-ynn" else
-                                                   stages.model_config(config).backbone
-                                                   .compiler_options()))
+                                                   stages.compiler_options(config)))
     rng = np.random.default_rng(0)
     data_sharding = sharding.data_sharding(mesh)
     label = jax.device_put(rng.integers(0, args.classes, batch).astype(np.int32), data_sharding)

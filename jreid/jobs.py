@@ -311,8 +311,7 @@ def extract_images(config: ml_collections.ConfigDict, query: records_lib.Records
   trained, graphdef, state, step = restore_trained(trained_dir, mesh)
   logging.info("extract: the model of %s (step %d)", trained_dir, step)
   extract_step = features_lib.make_extract_step(
-      graphdef, mesh, tuple(trained.data.image_size),
-      stages.model_config(trained).backbone.compiler_options())
+      graphdef, mesh, tuple(trained.data.image_size), stages.compiler_options(trained))
   out = []
   for side, rows in (("query", query), ("gallery", gallery)):
     batches, n = image_files.batches([str(p) for p in rows.names], config.eval.batch_size,

@@ -107,6 +107,12 @@ def model_config(config: ml_collections.ConfigDict) -> heads.ModelConfig:
                            parts=m.parts, bottleneck=m.bottleneck, dropout=m.dropout)
 
 
+def compiler_options(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """XLA compile options of the steps that run config.model's network (its backbone
+  config's ``compiler_options()``: on a CPU a ResNet's convolutions on XLA's own kernel)."""
+  return model_config(config).backbone.compiler_options()
+
+
 # Backbones by config.model.backbone (the keys of heads.BACKBONES): (config.model,
 # compute dtype) -> the backbone's typed config.
 BACKBONE_CONFIGS: dict[str, Callable[[Any, Any], Any]] = {
@@ -369,8 +375,7 @@ def extract(config, workdir: str, builder, data_digest: str, trained: Trained, m
   from jreid.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
   result = trained.result
   step = features_lib.make_extract_step(
-      result.graphdef, mesh, tuple(config.data.image_size),
-      model_config(config).backbone.compiler_options())
+      result.graphdef, mesh, tuple(config.data.image_size), compiler_options(config))
   sets = []
   for split in ("query", "gallery"):
     batches, n = data_pipeline.eval_batches(builder, split, config.eval.batch_size,

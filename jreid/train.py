@@ -197,7 +197,7 @@ def make_train_step(graphdef, mesh, seed: int, image_size: tuple[int, int],
   padding 0 is the mean colour after normalisation), 0: off. loss: keyword arguments of
   ``losses.reid_loss`` (label_smoothing, triplet_weight, margin; none: the
   reference's PCB loss). compiler_options: XLA's, for the model's convolutions
-  (its backbone config's ``compiler_options()``).
+  (its backbone config's ``compiler_options()``; ``stages.compiler_options``).
   """
   base_key = jax.random.key(seed)
   size = tuple(image_size)
