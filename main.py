@@ -101,6 +101,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  if os.environ.get("GLIBC_TUNABLES"):
+    logging.info("GLIBC_TUNABLES=%s", os.environ["GLIBC_TUNABLES"])
   from jreid import errors  # pylint: disable=g-import-not-at-top
   from jreid import sharding  # pylint: disable=g-import-not-at-top
   sharding.maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address,
@@ -131,4 +133,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from jreid import hostmem  # pylint: disable=g-import-not-at-top
+  hostmem.reexec_with_huge_pages()  # XLA:CPU's step buffers on huge pages
   app.run(main, flags_parser=_parse_flags)

@@ -381,4 +381,6 @@ def main():
 
 
 if __name__ == "__main__":
+  from jreid import hostmem  # pylint: disable=g-import-not-at-top
+  hostmem.reexec_with_huge_pages()  # as main.py: XLA:CPU's step buffers on huge pages
   main()

@@ -103,7 +103,11 @@ def build_model(model: heads.ModelConfig, num_classes: int, seed: int = 0,
   built = heads.ReIDModel(model, num_classes, rngs=nnx.Rngs(seed))
   if imagenet:
     ignored = convert.load_imagenet_backbone(built, imagenet)
-    logging.info("backbone initialised from %s (ignored: %s)", imagenet, ignored)
+    counters = [n for n in ignored if n.endswith("num_batches_tracked")]
+    others = [n for n in ignored if not n.endswith("num_batches_tracked")]
+    logging.info("backbone initialised from %s (ignored %d tensors: %d BatchNorm step "
+                 "counters%s)", imagenet, len(ignored), len(counters),
+                 f", {', '.join(others)}" if others else "")
   return built
 
 
