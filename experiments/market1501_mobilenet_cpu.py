@@ -51,13 +51,13 @@ SHARED_WEIGHTS = os.path.normpath(os.path.join(
 def get_config():
   config = base.training_config()
   config.data.dataset = "market1501"
-  config.data.image_size = (192, 96)
+  config.data.image_size = (144, 72)
   market1501_strong.apply_strong_recipe(config)
   config.data.pk_epoch = "identity_pass"
   config.model.backbone = "mobilenet_v2"
   config.model.width_mult = 1.0
   config.model.imagenet = SHARED_WEIGHTS  # the ImageNet file; a missing one stops the job
-  config.augment.pad = 8       # the recipe's 10 px at 256 rows, at 192 (7.5)
+  config.augment.pad = 6       # the recipe's 10 px at 256 rows, at 144
   config.train.epochs = 7
   config.optimizer.warmup_epochs = 1.0
   config.optimizer.warmup_law = "step"
