@@ -52,14 +52,17 @@ import subprocess
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from jreid import hostmem  # pylint: disable=g-import-not-at-top
+if __name__ == "__main__":
+  hostmem.reexec_with_huge_pages()  # as main.py, and before jax is imported
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+from flax import nnx  # pylint: disable=g-import-not-at-top
 from experiments import base  # pylint: disable=g-import-not-at-top
 from experiments import market1501_strong  # pylint: disable=g-import-not-at-top
 from jreid import augment  # pylint: disable=g-import-not-at-top
@@ -381,6 +384,4 @@ def main():
 
 
 if __name__ == "__main__":
-  from jreid import hostmem  # pylint: disable=g-import-not-at-top
-  hostmem.reexec_with_huge_pages()  # as main.py: XLA:CPU's step buffers on huge pages
   main()

@@ -1,18 +1,17 @@
 """Host memory for XLA:CPU: glibc's large allocations on transparent huge pages.
 
 XLA:CPU allocates the temporary buffer of every run of a compiled step with malloc
-and frees it when the run ends: 2.97 GB for a MobileNetV2 strong step of 64 at 160x80.
-glibc serves a block that size with a fresh ``mmap`` each time, so each step faults
-in, and the kernel zeroes, every page of it again, 4 KiB at a time: 5.5 million page
-faults and a third of the process's CPU time in the kernel for 21 steps. With the
-glibc tunable ``glibc.malloc.hugetlb=1`` (glibc >= 2.35) malloc asks for transparent
-huge pages on its mmapped blocks (``madvise(MADV_HUGEPAGE)``): 2 MiB a fault, 512x
-fewer (``docs/cpu_training.md`` has the measurements). The numbers computed do not
-change.
+and frees it when the run ends (gigabytes for a training step). glibc serves a block
+that size with a fresh ``mmap`` each time, so each step faults in, and the kernel
+zeroes, every page of it again, 4 KiB at a time. With the glibc tunable
+``glibc.malloc.hugetlb=1`` (glibc >= 2.35) malloc asks for transparent huge pages on
+its mmapped blocks (``madvise(MADV_HUGEPAGE)``): 2 MiB a fault, 512x fewer. The
+numbers computed do not change; "Host memory" in ``docs/cpu_training.md`` has the
+measurements.
 
 A tunable is read when the process starts, so ``reexec_with_huge_pages`` (called
-first by ``main.py`` and the CPU benchmarks) starts the same command again with it
-set. It does nothing where it cannot help (not Linux with glibc, or the kernel's
+first by ``main.py`` and ``benchmarks/train_step.py``) starts the same command again
+with it set. It does nothing where it cannot help (not Linux with glibc, or the kernel's
 transparent huge pages set to "never") or where ``GLIBC_TUNABLES`` already names
 ``glibc.malloc.hugetlb``: ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` keeps glibc's
 default. This module imports nothing heavy, so the restart costs milliseconds.
