@@ -53,6 +53,8 @@ class Progress:
 
   Attributes:
     rate: smoothed units per second (None before the first interval).
+    logged: whether ``update`` has logged (a short loop may finish without a line and
+      then need no closing one either).
   """
 
   def __init__(self, name: str, total: int, unit: str = "steps", every_s: float = 10.0,
@@ -64,6 +66,7 @@ class Progress:
     self._start = self._last_time = time.time()
     self._first = self._last_done = int(start)
     self.rate: float | None = None
+    self.logged = False
 
   def eta_s(self, done: int) -> float:
     return (self.total - done) / self.rate if self.rate else float("nan")
@@ -84,6 +87,7 @@ class Progress:
     rate = f"{_rate(self.rate)} {self.unit}/s" if self.rate else "rate n/a"
     self._log("%s: %d/%d %s, %s, ETA %s%s", self.name, done, self.total, self.unit, rate,
               _duration(self.eta_s(done)), f"  {extra}" if extra else "")
+    self.logged = True
     return True
 
   def finish(self, extra: str = "") -> float:

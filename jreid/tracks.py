@@ -192,7 +192,6 @@ def read_table(path: str, fps: float | Mapping[str, float] | None = None,
   form, form_line = None, 0
   rows = iter(reader)
   meter = progress.Progress(f"{path}: reading", max(1, text.count("\n")), unit="lines")
-  shown = False
   while True:
     try:
       row = next(rows)
@@ -203,7 +202,7 @@ def read_table(path: str, fps: float | Mapping[str, float] | None = None,
                         f"short fields (camera names, times, ids, image paths)") from None
     line = reader.line_num
     if line % 4096 == 0:
-      shown = meter.update(line) or shown
+      meter.update(line)
     if not row or all(not c.strip() for c in row):
       continue  # blank lines
     if len(row) != len(header):
@@ -255,7 +254,7 @@ def read_table(path: str, fps: float | Mapping[str, float] | None = None,
     lines.append(line)
     cams.append(camera)
     secs.append(seconds)
-  if shown:
+  if meter.logged:
     meter.finish()
   if not lines:
     raise TracksError(f"{path}: empty table (a header but no rows); expected one row per "
@@ -299,13 +298,13 @@ def _check_duplicates(table: Table) -> None:
 
 def _check_images(table: Table) -> None:
   meter = progress.Progress(f"{table.path}: checking images", len(table), unit="images")
-  shown, missing, folders = False, [], []
+  missing, folders = [], []
   for i, image in enumerate(table.images.tolist()):
     if not files.isfile(image):  # one look for an image that is there
       (folders if files.isdir(image) else missing).append(i)
     if i % 4096 == 0:
-      shown = meter.update(i) or shown
-  if shown:
+      meter.update(i)
+  if meter.logged:
     meter.finish()
   if missing:
     i = missing[0]

@@ -42,6 +42,6 @@ def test_updates_within_the_interval_are_not_logged(monkeypatch):
   logged = []
   meter = progress.Progress("work", total=10, every_s=10.0, log=lambda *a: logged.append(a))
   assert not meter.update(1)
-  assert not meter.update(2)
-  assert meter.update(3)
+  assert not meter.update(2) and not meter.logged
+  assert meter.update(3) and meter.logged
   assert len(logged) == 1

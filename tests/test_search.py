@@ -411,12 +411,13 @@ def test_search_job_from_a_features_file(tmp_path, caplog):
   assert "match" not in lists["queries"][0]["results"][0]
 
 
-def test_extract_then_search_from_the_table_equals_the_main_job(tmp_path):
+def test_extract_then_search_from_the_table_equals_the_main_job(tmp_path, monkeypatch):
   """A tiny trained workdir; its world's tracks.csv -> extract -> search: the extracted
   features equal the main job's (same images, by name; to float32 rounding, since on a
   CPU the 1x1 convolutions are matrix products whose rounding depends on an image's
   place in its batch) and the search job's evaluation (times in ms, bins of 4 s) equals
-  the main job's (frames, bins of 100 frames)."""
+  the main job's (frames, bins of 100 frames). Both extractions compile with the
+  trained model's convolution options."""
   from experiments import extract as extract_config  # pylint: disable=g-import-not-at-top
   from experiments import search as search_config  # pylint: disable=g-import-not-at-top
   from experiments import tiny  # pylint: disable=g-import-not-at-top
@@ -424,6 +425,12 @@ def test_extract_then_search_from_the_table_equals_the_main_job(tmp_path):
   from jreid import jobs  # pylint: disable=g-import-not-at-top
   from jreid import errors  # pylint: disable=g-import-not-at-top
   from jreid import names as names_lib  # pylint: disable=g-import-not-at-top
+  from jreid import features as features_lib  # pylint: disable=g-import-not-at-top
+  from jreid.models import layers  # pylint: disable=g-import-not-at-top
+  options_seen = []
+  make = features_lib.make_extract_step
+  monkeypatch.setattr(features_lib, "make_extract_step",
+                      lambda *a: options_seen.append(a[3] if len(a) > 3 else None) or make(*a))
   trained = tmp_path / "trained"
   config = tiny.get_config()
   config.train.epochs = 1
@@ -441,6 +448,8 @@ def test_extract_then_search_from_the_table_equals_the_main_job(tmp_path):
     jobs.run(config, str(trained))
   assert (trained / "features.npz").read_bytes() == features
   jobs.run(config, str(tmp_path / "extract"))
+  expected = layers.compiler_options(tiny.get_config().model.conv)  # on a CPU, the YNN one
+  assert options_seen == [expected, expected], options_seen
   stamp = stamps.read(str(tmp_path / "extract"), "extract")
   assert stamp["run"]["job"] == "extract" and stamp["trained_workdir"] == str(trained)
   assert stamp["products"] == {"features.npz": stamps.content_digest(

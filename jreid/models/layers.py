@@ -67,7 +67,7 @@ def _cpu_accepts_options() -> bool:
     x = jax.device_put(jnp.float32(0), jax.local_devices(backend="cpu")[0])
     jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(x).compile()
     return True
-  except Exception as e:  # pylint: disable=broad-except  (an XLA without the option)
+  except jax.errors.JaxRuntimeError as e:  # "No such compile option", or a bad value
     logging.warning("model.conv: this XLA:CPU does not take %s (%s); its convolutions "
                     "keep XLA's default kernels", CPU_COMPILER_OPTIONS, e)
     return False
