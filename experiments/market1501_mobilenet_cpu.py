@@ -24,10 +24,10 @@ buffers on huge pages, ``jreid.hostmem``):
   step takes 1,062 ms at 192x96, 1,120 at 208x104, 1,918 at 224x112 and 2,581 at
   256x128, and the job's step is about 1.3x the benchmark's. On the Intel Xeon one
   the step at 192x96 takes 1,749 ms, so the job there would need about 53 minutes by
-  the same 1.3x (estimated, not run there) and a larger input would overrun. 256x128, the anchor's size (torchreid's
-  ``mobilenetv2_x1_0``, rank-1 85.6 / mAP 67.3), would need 71 minutes of training
-  even on the faster machine. The boxes still cross at 128x64 and are resized on the
-  device.
+  the same 1.3x (estimated, not run there) and a larger input would overrun.
+  256x128, the anchor's size (torchreid's ``mobilenetv2_x1_0``, rank-1 85.6 / mAP
+  67.3), would need 71 minutes of training even on the faster machine. The boxes
+  still cross at 128x64 and are resized on the device.
 - A fine-tuning schedule: one epoch of linear warm-up on the per-step law (the
   ImageNet features are not shaken by the first steps' full learning rate), x0.1
   at epoch 5 of 7. One learning rate for backbone and head.

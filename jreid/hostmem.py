@@ -11,10 +11,10 @@ measurements.
 
 A tunable is read when the process starts, so ``reexec_with_huge_pages`` (called
 first by ``main.py`` and ``benchmarks/train_step.py``) starts the same command again
-with it set. It does nothing where it cannot help (not Linux with glibc, or the kernel's
-transparent huge pages set to "never") or where ``GLIBC_TUNABLES`` already names
-``glibc.malloc.hugetlb``: ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` keeps glibc's
-default. This module imports nothing heavy, so the restart costs milliseconds.
+with it set. It does nothing where it cannot help (not Linux with glibc, or the
+kernel's transparent huge pages set to "never") or where ``GLIBC_TUNABLES`` already
+names ``glibc.malloc.hugetlb``: ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` keeps
+glibc's default. This module imports nothing heavy, so the restart costs milliseconds.
 """
 
 from __future__ import annotations

@@ -426,11 +426,11 @@ def test_extract_then_search_from_the_table_equals_the_main_job(tmp_path, monkey
   from jreid import errors  # pylint: disable=g-import-not-at-top
   from jreid import names as names_lib  # pylint: disable=g-import-not-at-top
   from jreid import features as features_lib  # pylint: disable=g-import-not-at-top
-  from jreid.models import layers  # pylint: disable=g-import-not-at-top
+  from jreid import stages  # pylint: disable=g-import-not-at-top
   options_seen = []
   make = features_lib.make_extract_step
-  monkeypatch.setattr(features_lib, "make_extract_step",
-                      lambda *a: options_seen.append(a[3] if len(a) > 3 else None) or make(*a))
+  monkeypatch.setattr(features_lib, "make_extract_step", lambda *a, **k: options_seen.append(
+      a[3] if len(a) > 3 else k.get("compiler_options")) or make(*a, **k))
   trained = tmp_path / "trained"
   config = tiny.get_config()
   config.train.epochs = 1
@@ -448,7 +448,7 @@ def test_extract_then_search_from_the_table_equals_the_main_job(tmp_path, monkey
     jobs.run(config, str(trained))
   assert (trained / "features.npz").read_bytes() == features
   jobs.run(config, str(tmp_path / "extract"))
-  expected = layers.compiler_options(tiny.get_config().model.conv)  # on a CPU, the YNN one
+  expected = stages.compiler_options(tiny.get_config())  # on a CPU: layers.CPU_COMPILER_OPTIONS
   assert options_seen == [expected, expected], options_seen
   stamp = stamps.read(str(tmp_path / "extract"), "extract")
   assert stamp["run"]["job"] == "extract" and stamp["trained_workdir"] == str(trained)
