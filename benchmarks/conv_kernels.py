@@ -133,6 +133,36 @@ def jax_fn(spec: dict, impl: str):
   return run
 
 
+def step_impl(spec: dict) -> str:
+  """What ``model.conv="auto"`` runs for this convolution on a CPU: "matmul" (1x1) or
+  "eigen"."""
+  return "matmul" if spec["k"] == 1 else "eigen"
+
+
+class TorchConvs:
+  """``TORCH_WORKER`` in the PyTorch venv, timing ``specs``' convolutions when asked."""
+
+  def __init__(self, specs: list[dict], python: str, threads: int):
+    if not os.path.exists(python):
+      raise SystemExit(f"--vs_torch: no PyTorch venv python at {python}")
+    self.proc = subprocess.Popen([python, "-c", TORCH_WORKER, str(threads)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self.proc.stdin.write(json.dumps(specs) + "\n")
+    self.proc.stdin.flush()
+    if self.proc.stdout.readline().strip() != "ready":
+      raise SystemExit(f"the PyTorch worker stopped (exit {self.proc.wait()}); its error is above")
+
+  def run(self, steps: int) -> list[float]:
+    """Seconds per call of each convolution, ``steps`` calls each."""
+    self.proc.stdin.write(json.dumps({"steps": steps}) + "\n")
+    self.proc.stdin.flush()
+    return json.loads(self.proc.stdout.readline())
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--net", default="resnet18", choices=("resnet18", "resnet50"))
@@ -148,28 +178,17 @@ def main():
   h, w = (int(x) for x in args.image_size.split(","))
   specs = resnet_convs(int(args.net[6:]), h, w, args.batch)
   sides = {impl: [jax_fn(s, impl) for s in specs] for impl in ("xla", "eigen", "matmul")}
-  torch_proc = None
-  if args.vs_torch:
-    if not os.path.exists(args.torch_python):
-      raise SystemExit(f"--vs_torch: no PyTorch venv python at {args.torch_python}")
-    torch_proc = subprocess.Popen([args.torch_python, "-c", TORCH_WORKER, str(args.torch_threads)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    torch_proc.stdin.write(json.dumps(specs) + "\n")
-    torch_proc.stdin.flush()
-    assert torch_proc.stdout.readline().strip() == "ready"
-  times = {impl: [[] for _ in specs] for impl in (*sides, *(("torch",) if torch_proc else ()))}
+  torch_side = TorchConvs(specs, args.torch_python, args.torch_threads) if args.vs_torch else None
+  times = {impl: [[] for _ in specs] for impl in (*sides, *(("torch",) if torch_side else ()))}
   for _ in range(args.rounds):
     for impl, runs in sides.items():
       for i, run in enumerate(runs):
         times[impl][i].append(run(args.steps))
-    if torch_proc:
-      torch_proc.stdin.write(json.dumps({"steps": args.steps}) + "\n")
-      torch_proc.stdin.flush()
-      for i, t in enumerate(json.loads(torch_proc.stdout.readline())):
+    if torch_side:
+      for i, t in enumerate(torch_side.run(args.steps)):
         times["torch"][i].append(t)
-  if torch_proc:
-    torch_proc.stdin.close()
-    torch_proc.wait()
+  if torch_side:
+    torch_side.close()
   med = {impl: [statistics.median(t) for t in per] for impl, per in times.items()}
   impls = list(med)
   print(f"{args.net} (last stride 1) at {h}x{w}, batch {args.batch}: each convolution forward "

@@ -10,7 +10,12 @@ over stdin / stdout, one JSON object a line:
 
 prints ``{"params": N (trainable), "warmup_s": s}`` once built and warmed up (two steps), then
 answers each line ``{"steps": n}`` with ``{"seconds": per-step seconds}`` after running
-n training steps on one fixed random batch, and stops at end of input.
+n training steps on one fixed random batch, and stops at end of input. A line
+``{"profile": n}`` runs n steps under ``torch.profiler`` instead and answers with their
+per-step seconds, the per-step self time of each kind of operator (``KINDS``: the
+k x k and the 1x1 convolutions forward and backward, BatchNorm, ReLU, the residual adds, max-pool, matrix
+products, the optimiser, copies) and of the costliest operators
+(``benchmarks/profile_train_step.py --vs_torch`` prints them beside jreid's).
 
 The network is torchvision's (``resnet18`` / ``resnet50`` with the last stage's stride
 set to ``--last_stride``; ``mobilenet_v2().features`` with block 14's stride set to it),
@@ -28,6 +33,7 @@ Heads, losses and optimisers are those of ``jreid.models.heads``, ``jreid.losses
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -97,6 +103,74 @@ class BNNeckHead(nn.Module):
     return ce + F.relu(positive - negative + 0.3).mean()
 
 
+# aten operator -> kind; scope (forward, backward, optimiser) from the step's own
+# record_function labels. Self CPU time: an operator's own, its children's excluded.
+KINDS = (
+    (("aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten::thnn_conv2d",
+      "aten::_convolution", "aten::convolution", "aten::conv2d",
+      "aten::convolution_backward", "aten::mkldnn_convolution_backward"),
+     "k x k convolutions"),
+    (("aten::native_batch_norm", "aten::_native_batch_norm_legit",
+      "aten::native_batch_norm_backward", "aten::batch_norm", "aten::_batch_norm_impl_index",
+      "aten::_batch_norm_with_update", "aten::batch_norm_backward"), "BatchNorm"),
+    (("aten::relu", "aten::relu_", "aten::clamp_min", "aten::clamp_min_",
+      "aten::threshold_backward"), "ReLU"),
+    (("aten::add", "aten::add_"), "adds (residual branches, gradient sums)"),
+    (("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward"), "max-pool"),
+    (("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"),
+     "matrix products (heads)"),
+    (("aten::copy_", "aten::contiguous", "aten::clone", "aten::to", "aten::_to_copy",
+      "aten::t", "aten::transpose", "aten::permute"), "copies and transposes"),
+    (("aten::empty", "aten::empty_like", "aten::zeros", "aten::zeros_like", "aten::fill_",
+      "aten::zero_", "aten::resize_", "aten::empty_strided"), "allocation and fills"),
+)
+KIND_OF = {op: kind for ops, kind in KINDS for op in ops}
+# Where the kernel is among a convolution operator's inputs (its shape tells 1x1 from k x k).
+KERNEL_INPUT = {"aten::mkldnn_convolution": 1, "aten::_slow_conv2d_forward": 1,
+                "aten::thnn_conv2d": 1, "aten::_convolution": 1, "aten::convolution": 1,
+                "aten::conv2d": 1, "aten::convolution_backward": 2,
+                "aten::mkldnn_convolution_backward": 2}
+
+
+def kind_of(event) -> str:
+  """An operator's kind (``KINDS``); a convolution with a 1x1 kernel is "1x1 convolutions"."""
+  kind = KIND_OF.get(event.name, "other operators")
+  if event.name in KERNEL_INPUT:
+    shapes = event.input_shapes
+    kernel = shapes[KERNEL_INPUT[event.name]] if len(shapes) > KERNEL_INPUT[event.name] else []
+    if len(kernel) == 4 and kernel[2] == kernel[3] == 1:
+      return "1x1 convolutions"
+  return kind
+SCOPES = ("forward", "backward", "optimiser update")
+
+
+def profiled(step, n: int) -> dict:
+  """n steps of ``step(scope)`` under torch.profiler: per-step seconds, self time by
+  (kind, scope) and the 15 costliest operators, in ms per step."""
+  from torch import profiler  # pylint: disable=g-import-not-at-top
+  with profiler.profile(activities=[profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+    start = time.perf_counter()
+    for _ in range(n):
+      loss = step(profiler.record_function)
+    loss.item()
+    seconds = (time.perf_counter() - start) / n
+  kinds, ops = {}, {}
+  for event in prof.events():
+    scope, parent = None, event
+    while parent is not None and scope is None:
+      scope = parent.name if parent.name in SCOPES else None
+      parent = parent.cpu_parent
+    if scope is None or event.name in SCOPES:
+      continue
+    ms = event.self_cpu_time_total / 1000 / n
+    kind = "optimiser update" if scope == "optimiser update" else (
+        f"{kind_of(event)}, {scope}")
+    kinds[kind] = kinds.get(kind, 0.0) + ms
+    ops[f"{event.name} ({scope})"] = ops.get(f"{event.name} ({scope})", 0.0) + ms
+  top = sorted(ops.items(), key=lambda kv: -kv[1])[:15]
+  return {"seconds": seconds, "kinds_ms": kinds, "top_ms": top}
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--backbone", default="resnet", choices=("resnet", "mobilenet_v2"))
@@ -124,11 +198,15 @@ def main():
   images = torch.randn(args.batch, 3, h, w)
   labels = torch.randint(0, args.classes, (args.batch,))
 
-  def step():
+  def step(scope=None):
+    scope = scope or (lambda name: contextlib.nullcontext())
     optimizer.zero_grad(set_to_none=True)
-    loss = head(trunk(images), labels)
-    loss.backward()
-    optimizer.step()
+    with scope("forward"):
+      loss = head(trunk(images), labels)
+    with scope("backward"):
+      loss.backward()
+    with scope("optimiser update"):
+      optimizer.step()
     return loss
 
   start = time.perf_counter()
@@ -137,7 +215,11 @@ def main():
   params = sum(q.numel() for q in model.parameters() if q.requires_grad)
   print(json.dumps({"params": params, "warmup_s": time.perf_counter() - start}), flush=True)
   for line in sys.stdin:
-    n = json.loads(line)["steps"]
+    request = json.loads(line)
+    if "profile" in request:
+      print(json.dumps(profiled(step, request["profile"])), flush=True)
+      continue
+    n = request["steps"]
     start = time.perf_counter()
     for _ in range(n):
       loss = step()
