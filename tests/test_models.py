@@ -213,6 +213,46 @@ def test_max_pool_values_and_gradient_equal_nnx_max_pool(k, stride, pad, hw):
     assert bool(scatters) == (impl == "xla"), (impl, [e.primitive.name for e in scatters])
 
 
+@pytest.mark.parametrize("impl", ["xla", "matmul"])
+def test_batch_norm_is_nnx_batch_norm_with_its_own_gradient_for_matmul(impl):
+  """layers.BatchNorm: nnx.BatchNorm's parameters, statistics and values bit for bit, in
+  training and eval mode; with "matmul" its training gradient is batch_norm_apply's
+  closed form (a custom VJP: no x - mean kept), equal to autodiff's of nnx.BatchNorm to
+  float32 rounding, for x, scale and bias; with "xla" it is nnx.BatchNorm's own."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(3.0 + 2.0 * rng.standard_normal((4, 6, 5, 8)), jnp.float32)  # mean far from 0
+  g = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+  kw = dict(momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
+  ref, got = nnx.BatchNorm(8, **kw), layers.BatchNorm(8, impl=impl, **kw)
+  for bn in (ref, got):
+    bn.scale[...] = jnp.asarray(np.linspace(0.5, 1.5, 8), jnp.float32)
+    bn.bias[...] = jnp.asarray(np.linspace(-1, 1, 8), jnp.float32)
+  assert [p for p, _ in nnx.to_flat_state(nnx.state(got))] == \
+      [p for p, _ in nnx.to_flat_state(nnx.state(ref))]
+
+  def loss(bn, x):
+    return (bn(x) * g).sum()
+
+  step = nnx.jit(nnx.value_and_grad(loss, argnums=(0, 1)))
+  (l_ref, (d_ref, dx_ref)), (l_got, (d_got, dx_got)) = step(ref, x), step(got, x)
+  assert float(l_got) == float(l_ref)
+  np.testing.assert_array_equal(got.mean[...], ref.mean[...])  # the running statistics
+  np.testing.assert_array_equal(got.var[...], ref.var[...])
+  assert float(jnp.abs(got.mean[...]).min()) > 0.2
+  np.testing.assert_allclose(dx_got, dx_ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(dx_ref).max()))
+  for name in ("scale", "bias"):
+    np.testing.assert_allclose(d_got[name][...], d_ref[name][...], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(nnx.jit(lambda bn, x: bn(x))(got, x),
+                                nnx.jit(lambda bn, x: bn(x))(ref, x))
+  got.eval(), ref.eval()
+  np.testing.assert_array_equal(got(x), ref(x))
+  got.train()
+  graphdef, state = nnx.split(got)
+  forward = jax.make_jaxpr(lambda state, x: nnx.merge(graphdef, state)(x))(state, x)
+  custom = [e for e in forward.jaxpr.eqns if "custom_vjp" in e.primitive.name]
+  assert bool(custom) == (impl == "matmul"), [e.primitive.name for e in forward.jaxpr.eqns]
+
+
 def ynn_and_own_convolutions(hlo: str) -> tuple[int, int]:
   """(convolutions XLA:CPU hands to YNNPACK, convolutions it runs itself) in a compiled
   module's text: a convolution in a computation that a "__ynn_fusion" fusion calls is

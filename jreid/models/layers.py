@@ -1,4 +1,5 @@
-"""The convolution and max-pool of jreid's backbones: XLA's, or the CPU's formulation.
+"""The convolution, max-pool and BatchNorm of jreid's ResNets: XLA's, or the CPU's
+formulation.
 
 ``Conv`` is a k x k convolution without bias, stride s, symmetric padding (k - 1) // 2,
 with ``nnx.Conv``'s parameter (``kernel`` [k, k, cin, cout]) and attributes
@@ -15,11 +16,14 @@ conversion and the ONNX export read it as one. ``impl`` chooses how it is comput
   with ``compiler_options`` (``resnet.BackboneConfig.compiler_options``): XLA:CPU then
   computes the k x k convolutions with its multi-threaded Eigen kernel instead of
   YNNPACK's, 1.1-3.6x faster for each of ResNet-18's (forward and both gradients; the
-  64-channel layers most). ``pointwise`` and ``max_pool``'s gradient are custom VJPs:
-  reverse-mode only. ``docs/cpu_training.md`` has the measurements;
+  64-channel layers most). ``BatchNorm``'s training gradient is the closed form from its
+  input (``batch_norm_apply``), which keeps XLA:CPU from writing x - mean out for every
+  activation. ``pointwise``, ``max_pool``'s gradient and ``batch_norm_apply`` are custom
+  VJPs: reverse-mode only. ``docs/cpu_training.md`` has the measurements;
 - "auto": "matmul" on CPUs, "xla" on every other backend (``conv_impl``).
 
-The two differ only in the order of the floating-point sums.
+The two differ only in floating-point rounding: the order of the sums, and BatchNorm's
+gradient in its closed form.
 """
 
 from __future__ import annotations
@@ -210,3 +214,66 @@ def _max_pool_taps_bwd(k, stride, pad, residuals, g):
 
 
 _max_pool_taps.defvjp(_max_pool_taps_fwd, _max_pool_taps_bwd)
+
+
+class BatchNorm(nnx.BatchNorm):
+  """``nnx.BatchNorm`` over the channels of [B, H, W, C] (its parameters, statistics,
+  values and eval mode); with ``impl`` "matmul" (``conv_impl``) its training-mode
+  gradient is ``batch_norm_apply``'s, which reads the input again instead of keeping
+  x - mean: XLA:CPU otherwise writes x - mean out in full in the forward pass for the
+  backward pass's reduction, a write of every activation that PyTorch's BatchNorm does
+  not make. The same gradient, its sums in another order."""
+
+  def __init__(self, num_features: int, *, impl: str = "auto", **kwargs):
+    super().__init__(num_features, **kwargs)
+    conv_impl(impl)  # a known name
+    self.impl = impl
+
+  def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    running = self.use_running_average if use_running_average is None else use_running_average
+    if (running or mask is not None or conv_impl(self.impl) != "matmul" or x.ndim != 4
+        or self.axis_name is not None or self.axis not in (-1, 3, (-1,), (3,))
+        or self.scale is None or self.bias is None):
+      return super().__call__(x, use_running_average, mask=mask)
+    x, mean0, var0, scale, bias = self.promote_dtype(
+        (x, self.mean[...], self.var[...], self.scale[...], self.bias[...]), dtype=self.dtype)
+    # nnx.BatchNorm's statistics (use_fast_variance: E[x^2] - E[x]^2, clipped at 0)
+    stats = jnp.promote_types(x.dtype if self.dtype is None else self.dtype, jnp.float32)
+    xs = x.astype(stats)
+    mean, mean2 = xs.mean((0, 1, 2)), (xs * xs).mean((0, 1, 2))
+    var = jnp.maximum(0.0, mean2 - mean * mean)
+    self.mean[...] = jax.lax.stop_gradient(self.momentum * mean0 + (1 - self.momentum) * mean)
+    self.var[...] = jax.lax.stop_gradient(self.momentum * var0 + (1 - self.momentum) * var)
+    # The statistics' share of x's gradient is in batch_norm_apply's own.
+    mean, var = (jax.lax.stop_gradient(v.astype(x.dtype)) for v in (mean, var))
+    return batch_norm_apply(x, mean, var, scale, bias, self.epsilon)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def batch_norm_apply(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array,
+                     bias: jax.Array, epsilon: float) -> jax.Array:
+  """Training-mode BatchNorm of [B, H, W, C] with its batch statistics mean and var [C]
+  (computed from x): (x - mean) * rsqrt(var + epsilon) * scale + bias, as
+  ``nnx.BatchNorm`` computes it. Its gradient (x's through the statistics included, so
+  mean and var get none and are passed stopped) is the closed form, from x, mean and var:
+  dscale = (sum(g x) - mean sum(g)) * r, dbias = sum(g),
+  dx = scale r (g - dbias / n - (x - mean) r dscale / n), r = rsqrt(var + epsilon), n = B H W."""
+  return (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+
+
+def _batch_norm_apply_fwd(x, mean, var, scale, bias, epsilon):
+  return batch_norm_apply(x, mean, var, scale, bias, epsilon), (x, mean, var, scale)
+
+
+def _batch_norm_apply_bwd(epsilon, residuals, g):
+  x, mean, var, scale = residuals
+  n = x.shape[0] * x.shape[1] * x.shape[2]
+  r = jax.lax.rsqrt(var + epsilon)
+  dbias = g.sum((0, 1, 2))
+  dscale = ((g * x).sum((0, 1, 2)) - mean * dbias) * r
+  dx = (scale * r) * (g - dbias / n - (x - mean) * (r * dscale / n))
+  zero = jnp.zeros_like(mean)
+  return dx.astype(x.dtype), zero, zero, dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+
+
+batch_norm_apply.defvjp(_batch_norm_apply_fwd, _batch_norm_apply_bwd)

@@ -65,9 +65,9 @@ class BackboneConfig:
     return self.width * 8 * (4 if self.uses_bottleneck else 1)
 
 
-def _bn(c, dtype, rngs, zero=False):
-  return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs,
-                       scale_init=nnx.initializers.zeros if zero else nnx.initializers.ones)
+def _bn(c, dtype, rngs, impl, zero=False):
+  return layers.BatchNorm(c, impl=impl, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs,
+                          scale_init=nnx.initializers.zeros if zero else nnx.initializers.ones)
 
 
 class Downsample(nnx.Module):
@@ -75,7 +75,7 @@ class Downsample(nnx.Module):
 
   def __init__(self, cin, cout, stride, dtype, rngs, impl):
     self.conv = layers.Conv(cin, cout, 1, stride, dtype, rngs, impl)
-    self.bn = _bn(cout, dtype, rngs)
+    self.bn = _bn(cout, dtype, rngs, impl)
 
   def __call__(self, x):
     return self.bn(self.conv(x))
@@ -86,9 +86,9 @@ class BasicBlock(nnx.Module):
 
   def __init__(self, cin, width, stride, dtype, rngs, impl):
     self.conv1 = layers.Conv(cin, width, 3, stride, dtype, rngs, impl)
-    self.bn1 = _bn(width, dtype, rngs)
+    self.bn1 = _bn(width, dtype, rngs, impl)
     self.conv2 = layers.Conv(width, width, 3, 1, dtype, rngs, impl)
-    self.bn2 = _bn(width, dtype, rngs)
+    self.bn2 = _bn(width, dtype, rngs, impl)
     self.downsample = (Downsample(cin, width, stride, dtype, rngs, impl)
                        if stride != 1 or cin != width else None)
 
@@ -104,11 +104,11 @@ class Bottleneck(nnx.Module):
   def __init__(self, cin, width, stride, dtype, rngs, impl):
     cout = width * 4
     self.conv1 = layers.Conv(cin, width, 1, 1, dtype, rngs, impl)
-    self.bn1 = _bn(width, dtype, rngs)
+    self.bn1 = _bn(width, dtype, rngs, impl)
     self.conv2 = layers.Conv(width, width, 3, stride, dtype, rngs, impl)
-    self.bn2 = _bn(width, dtype, rngs)
+    self.bn2 = _bn(width, dtype, rngs, impl)
     self.conv3 = layers.Conv(width, cout, 1, 1, dtype, rngs, impl)
-    self.bn3 = _bn(cout, dtype, rngs)
+    self.bn3 = _bn(cout, dtype, rngs, impl)
     self.downsample = (Downsample(cin, cout, stride, dtype, rngs, impl)
                        if stride != 1 or cin != cout else None)
 
@@ -129,7 +129,7 @@ class ResNet(nnx.Module):
     self.config = config
     dt = config.dtype
     self.conv1 = layers.Conv(3, config.width, 7, 2, dt, rngs, config.conv)
-    self.bn1 = _bn(config.width, dt, rngs)
+    self.bn1 = _bn(config.width, dt, rngs, config.conv)
     block = Bottleneck if config.uses_bottleneck else BasicBlock
     cin = config.width
     self.layers = nnx.List()
