@@ -13,8 +13,8 @@ answers each line ``{"steps": n}`` with ``{"seconds": per-step seconds}`` after 
 n training steps on one fixed random batch, and stops at end of input. A line
 ``{"profile": n}`` runs n steps under ``torch.profiler`` instead and answers with their
 per-step seconds, the per-step self time of each kind of operator (``KINDS``: the
-k x k and the 1x1 convolutions forward and backward, BatchNorm, ReLU, the residual adds, max-pool, matrix
-products, the optimiser, copies) and of the costliest operators
+k x k and the 1x1 convolutions forward and backward, BatchNorm, ReLU, the residual
+adds, max-pool, matrix products, the optimiser, copies) and of the costliest operators
 (``benchmarks/profile_train_step.py --vs_torch`` prints them beside jreid's).
 
 The network is torchvision's (``resnet18`` / ``resnet50`` with the last stage's stride
@@ -141,6 +141,8 @@ def kind_of(event) -> str:
     if len(kernel) == 4 and kernel[2] == kernel[3] == 1:
       return "1x1 convolutions"
   return kind
+
+
 SCOPES = ("forward", "backward", "optimiser update")
 
 

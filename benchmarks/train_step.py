@@ -215,16 +215,17 @@ class TorchStep:
       raise SystemExit(f"the PyTorch worker stopped (exit {self.proc.wait()}); its error is above")
     return json.loads(line)
 
-  def run(self, steps: int) -> float:
-    self.proc.stdin.write(json.dumps({"steps": steps}) + "\n")
+  def _ask(self, request: dict) -> dict:
+    self.proc.stdin.write(json.dumps(request) + "\n")
     self.proc.stdin.flush()
-    return self._read()["seconds"]
+    return self._read()
+
+  def run(self, steps: int) -> float:
+    return self._ask({"steps": steps})["seconds"]
 
   def profile(self, steps: int) -> dict:
     """``steps`` steps under torch.profiler: ``torch_train_step.profiled``'s answer."""
-    self.proc.stdin.write(json.dumps({"profile": steps}) + "\n")
-    self.proc.stdin.flush()
-    return self._read()
+    return self._ask({"profile": steps})
 
   def close(self):
     self.proc.stdin.close()

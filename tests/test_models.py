@@ -213,16 +213,19 @@ def test_max_pool_values_and_gradient_equal_nnx_max_pool(k, stride, pad, hw):
     assert bool(scatters) == (impl == "xla"), (impl, [e.primitive.name for e in scatters])
 
 
-@pytest.mark.parametrize("impl", ["xla", "matmul"])
-def test_batch_norm_is_nnx_batch_norm_with_its_own_gradient_for_matmul(impl):
+@pytest.mark.parametrize("impl,dtype", [("xla", jnp.float32), ("matmul", jnp.float32),
+                                         ("matmul", jnp.bfloat16)])
+def test_batch_norm_is_nnx_batch_norm_with_its_own_gradient_for_matmul(impl, dtype):
   """layers.BatchNorm: nnx.BatchNorm's parameters, statistics and values bit for bit, in
-  training and eval mode; with "matmul" its training gradient is batch_norm_apply's
-  closed form (a custom VJP: no x - mean kept), equal to autodiff's of nnx.BatchNorm to
-  float32 rounding, for x, scale and bias; with "xla" it is nnx.BatchNorm's own."""
+  training and eval mode (float32 and bfloat16 compute); with "matmul" its training
+  gradient is batch_norm_apply's closed form (a custom VJP: no x - mean kept), equal to
+  autodiff's of nnx.BatchNorm to the compute dtype's rounding, for x, scale and bias;
+  with "xla" it is nnx.BatchNorm's own."""
   rng = np.random.default_rng(1)
   x = jnp.asarray(3.0 + 2.0 * rng.standard_normal((4, 6, 5, 8)), jnp.float32)  # mean far from 0
   g = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
-  kw = dict(momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
+  tol = 1e-5 if dtype == jnp.float32 else 1e-2
+  kw = dict(momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=nnx.Rngs(0))
   ref, got = nnx.BatchNorm(8, **kw), layers.BatchNorm(8, impl=impl, **kw)
   for bn in (ref, got):
     bn.scale[...] = jnp.asarray(np.linspace(0.5, 1.5, 8), jnp.float32)
@@ -239,9 +242,10 @@ def test_batch_norm_is_nnx_batch_norm_with_its_own_gradient_for_matmul(impl):
   np.testing.assert_array_equal(got.mean[...], ref.mean[...])  # the running statistics
   np.testing.assert_array_equal(got.var[...], ref.var[...])
   assert float(jnp.abs(got.mean[...]).min()) > 0.2
-  np.testing.assert_allclose(dx_got, dx_ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(dx_ref).max()))
+  np.testing.assert_allclose(dx_got, dx_ref, rtol=tol, atol=tol * float(jnp.abs(dx_ref).max()))
   for name in ("scale", "bias"):
-    np.testing.assert_allclose(d_got[name][...], d_ref[name][...], rtol=1e-5, atol=1e-5)
+    atol = 1e-5 if dtype == jnp.float32 else tol * float(jnp.abs(d_ref[name][...]).max())
+    np.testing.assert_allclose(d_got[name][...], d_ref[name][...], rtol=tol, atol=atol)
   np.testing.assert_array_equal(nnx.jit(lambda bn, x: bn(x))(got, x),
                                 nnx.jit(lambda bn, x: bn(x))(ref, x))
   got.eval(), ref.eval()

@@ -34,6 +34,8 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes
+from flax.nnx.nn import normalization  # _compute_stats: nnx.BatchNorm's statistics
 from jax.sharding import PartitionSpec as P
 
 CONV_IMPLS = ("auto", "xla", "matmul")
@@ -235,18 +237,17 @@ class BatchNorm(nnx.BatchNorm):
         or self.axis_name is not None or self.axis not in (-1, 3, (-1,), (3,))
         or self.scale is None or self.bias is None):
       return super().__call__(x, use_running_average, mask=mask)
-    x, mean0, var0, scale, bias = self.promote_dtype(
-        (x, self.mean[...], self.var[...], self.scale[...], self.bias[...]), dtype=self.dtype)
-    # nnx.BatchNorm's statistics (use_fast_variance: E[x^2] - E[x]^2, clipped at 0)
-    stats = jnp.promote_types(x.dtype if self.dtype is None else self.dtype, jnp.float32)
-    xs = x.astype(stats)
-    mean, mean2 = xs.mean((0, 1, 2)), (xs * xs).mean((0, 1, 2))
-    var = jnp.maximum(0.0, mean2 - mean * mean)
-    self.mean[...] = jax.lax.stop_gradient(self.momentum * mean0 + (1 - self.momentum) * mean)
-    self.var[...] = jax.lax.stop_gradient(self.momentum * var0 + (1 - self.momentum) * var)
-    # The statistics' share of x's gradient is in batch_norm_apply's own.
-    mean, var = (jax.lax.stop_gradient(v.astype(x.dtype)) for v in (mean, var))
-    return batch_norm_apply(x, mean, var, scale, bias, self.epsilon)
+    x, scale, bias = self.promote_dtype((x, self.scale[...], self.bias[...]), dtype=self.dtype)
+    # nnx.BatchNorm's own statistics and running averages, then its normalisation with
+    # batch_norm_apply's gradient, which holds the statistics' share of x's.
+    mean, var = normalization._compute_stats(x, (0, 1, 2), dtype=self.dtype,
+                                             use_fast_variance=self.use_fast_variance)
+    m = self.momentum
+    self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
+    self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
+    y = batch_norm_apply(x, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var), scale,
+                         bias, self.epsilon)
+    return y.astype(dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
