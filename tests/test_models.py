@@ -337,7 +337,8 @@ def test_an_xla_without_the_cpu_option_gets_none_with_a_warning(monkeypatch, cap
     mobilenet.MobileNetV2Config(width_mult=0.25)])
 def test_backbones_have_the_same_parameters_and_outputs_with_either_conv(backbone):
   """conv="xla" and "matmul" build the same parameters (names, shapes, initial values:
-  checkpoints and conversions serve both) and the same function of them."""
+  checkpoints and conversions serve both) and the same function of them, its training
+  gradient included; every BatchNorm is a layers.BatchNorm with the setting."""
   import dataclasses  # pylint: disable=g-import-not-at-top
   module = {resnet.BackboneConfig: resnet.ResNet, mobilenet.MobileNetV2Config: mobilenet.MobileNetV2}
   nets = {impl: module[type(backbone)](dataclasses.replace(backbone, conv=impl), rngs=nnx.Rngs(0))
@@ -352,6 +353,15 @@ def test_backbones_have_the_same_parameters_and_outputs_with_either_conv(backbon
   assert out["xla"].shape[0] == 2 and float(jnp.abs(out["xla"]).max()) > 0
   np.testing.assert_allclose(out["matmul"], out["xla"], rtol=1e-4,
                              atol=1e-4 * float(jnp.abs(out["xla"]).max()))
+  for impl, net in nets.items():
+    bns = [m for _, m in nnx.iter_graph(net) if isinstance(m, nnx.BatchNorm)]
+    assert bns and all(type(m) is layers.BatchNorm and m.impl == impl for m in bns)
+  w = jnp.asarray(np.random.default_rng(1).standard_normal(out["xla"].shape), jnp.float32)
+  with jax.default_matmul_precision("highest"):
+    dx = {impl: nnx.jit(nnx.grad(lambda x, m: (m(x) * w).sum()))(x, net)
+          for impl, net in nets.items()}
+  np.testing.assert_allclose(dx["matmul"], dx["xla"], rtol=1e-3,
+                             atol=1e-4 * float(jnp.abs(dx["xla"]).max()))
 
 
 def _to_torch_state_dict(model):

@@ -16,7 +16,7 @@ The 3x3 depthwise convolutions are computed as nine shifted, per-channel scaled
 copies of the padded input, summed (``DepthwiseConv``): the same products and sums
 as XLA's grouped convolution, which XLA:CPU runs 7-9x slower, forward and backward.
 The other convolutions are ``layers.Conv`` (1x1 ones as matrix products on CPUs:
-``conv``).
+``conv``), the BatchNorms ``layers.BatchNorm`` (its gradient in closed form on CPUs).
 Parameters keep ``nnx.Conv``'s names and layouts.
 """
 
@@ -96,8 +96,8 @@ class DepthwiseConv(nnx.Module):
     return out
 
 
-def _bn(c, dtype, rngs):
-  return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+def _bn(c, dtype, rngs, impl):
+  return layers.BatchNorm(c, impl=impl, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
 
 class ConvBNReLU6(nnx.Module):
@@ -107,7 +107,7 @@ class ConvBNReLU6(nnx.Module):
   def __init__(self, cin, cout, k, stride, dtype, rngs, impl, depthwise=False):
     self.conv = (DepthwiseConv(cin, k, stride, dtype, rngs) if depthwise
                  else layers.Conv(cin, cout, k, stride, dtype, rngs, impl))
-    self.bn = _bn(cout, dtype, rngs)
+    self.bn = _bn(cout, dtype, rngs, impl)
 
   def __call__(self, x):
     return jax.nn.relu6(self.bn(self.conv(x)))
@@ -122,7 +122,7 @@ class InvertedResidual(nnx.Module):
                    else None)
     self.depthwise = ConvBNReLU6(hidden, hidden, 3, stride, dtype, rngs, impl, depthwise=True)
     self.project = layers.Conv(hidden, cout, 1, 1, dtype, rngs, impl)
-    self.project_bn = _bn(cout, dtype, rngs)
+    self.project_bn = _bn(cout, dtype, rngs, impl)
     self.residual = stride == 1 and cin == cout
 
   def __call__(self, x):
