@@ -1,4 +1,4 @@
-"""The convolution, max-pool and BatchNorm of jreid's ResNets: XLA's, or the CPU's
+"""The convolution, max-pool and BatchNorm of jreid's backbones: XLA's, or the CPU's
 formulation.
 
 ``Conv`` is a k x k convolution without bias, stride s, symmetric padding (k - 1) // 2,
